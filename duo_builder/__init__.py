@@ -1,0 +1,1 @@
+"""duo-storyteller's builder: the engine, its models, and the firmware images."""

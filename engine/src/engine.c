@@ -1,0 +1,155 @@
+/* Opening an engine and run.c's generation and chat loops. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../include/llama2.h"
+
+int engine_open(Engine *e, const EngineOptions *o, Error *err) {
+    memset(e, 0, sizeof *e);
+    if (model_open(&e->model, o->checkpoint_path, err)) return -1;
+    const ModelConfig *c = &e->model.cfg;
+    e->steps = (o->steps <= 0 || o->steps > c->seq_len) ? c->seq_len : o->steps;
+    if (tokenizer_open(&e->tokenizer, o->tokenizer_path, c->vocab_size, err)) goto fail;
+    if (transformer_init(&e->transformer, &e->model, o->path, e->steps, err)) {
+        char why[sizeof err->msg];
+        memcpy(why, err->msg, sizeof why);
+        fail(err, "%s: %s", o->checkpoint_path, why);
+        goto fail;
+    }
+    if (sampler_init(&e->sampler, c->vocab_size, o->temperature, o->topp, o->seed)) {
+        fail(err, "out of memory for the sampler");
+        goto fail;
+    }
+    return 0;
+fail:
+    engine_close(e);
+    return -1;
+}
+
+void engine_close(Engine *e) {
+    sampler_free(&e->sampler);
+    transformer_free(&e->transformer);
+    tokenizer_close(&e->tokenizer);
+    model_close(&e->model);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double stats_tokens_per_second(const GenerationStats *s) {
+    if (s->positions <= 1) return -1.0;
+    return (s->positions - 1) / s->seconds;
+}
+
+static int *encode_prompt(Engine *e, const char *prompt, int *n, Error *err) {
+    int *tokens = malloc(sizeof(int) * tokenizer_max_tokens(prompt));
+    if (!tokens) {
+        fail(err, "out of memory for a prompt of %zu bytes", strlen(prompt));
+        return NULL;
+    }
+    if (tokenizer_encode(&e->tokenizer, prompt, tokens, n, err)) {
+        free(tokens);
+        return NULL;
+    }
+    if (*n > e->model.cfg.seq_len) {
+        fail(err, "prompt is %d tokens, longer than the model's context of %d", *n,
+             e->model.cfg.seq_len);
+        free(tokens);
+        return NULL;
+    }
+    return tokens;
+}
+
+int engine_generate(Engine *e, const char *prompt, PieceSink sink, void *user,
+                    GenerationStats *stats, Error *err) {
+    memset(stats, 0, sizeof *stats);
+    if (!prompt) prompt = "";
+    int n_prompt;
+    int *prompt_tokens = encode_prompt(e, prompt, &n_prompt, err);
+    if (!prompt_tokens) return -1;
+
+    double start = 0;
+    int token = prompt_tokens[0], pos = 0;
+    while (pos < e->steps) {
+        float *logits = transformer_forward(&e->transformer, token, pos);
+        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1]
+                                      : sampler_sample(&e->sampler, logits);
+        pos++;
+        if (next == TOKEN_BOS) break; /* BOS delimits sequences */
+        if (sink(user, tokenizer_decode(&e->tokenizer, token, next))) {
+            stats->stopped = 1;
+            break;
+        }
+        token = next;
+        if (start == 0) start = now_seconds(); /* the first iteration is slower */
+    }
+    stats->positions = pos;
+    stats->seconds = start == 0 ? 0 : now_seconds() - start;
+    free(prompt_tokens);
+    return 0;
+}
+
+/* A line from `in` without its newline; 0 at end of input. */
+static int read_line(FILE *in, const char *guide, char *buf, size_t size, PieceSink sink,
+                     void *user) {
+    sink(user, guide);
+    if (!fgets(buf, (int)size, in)) return 0;
+    size_t len = strlen(buf);
+    if (len > 0 && buf[len - 1] == '\n') buf[len - 1] = '\0';
+    return 1;
+}
+
+#define CHAT_LINE 512
+
+int engine_chat(Engine *e, const char *cli_user, const char *cli_system, FILE *in,
+                PieceSink sink, void *user, Error *err) {
+    char system_prompt[CHAT_LINE] = "", user_prompt[CHAT_LINE];
+    char rendered[3 * CHAT_LINE];
+    if ((cli_user && strlen(cli_user) >= CHAT_LINE) ||
+        (cli_system && strlen(cli_system) >= CHAT_LINE))
+        return fail(err, "chat prompts are limited to %d bytes", CHAT_LINE - 1);
+    int *tokens = malloc(sizeof(int) * (sizeof rendered + 3)); /* BOS, prefix, a token a byte */
+    if (!tokens) return fail(err, "out of memory");
+    int n_tokens = 0, user_idx = 0, user_turn = 1, next = 0, token, pos = 0, rc = 0;
+    while (pos < e->steps) {
+        if (user_turn) {
+            if (pos == 0) {
+                if (cli_system) strcpy(system_prompt, cli_system);
+                else if (!read_line(in, "Enter system prompt (optional): ", system_prompt,
+                                    sizeof system_prompt, sink, user))
+                    break;
+            }
+            if (pos == 0 && cli_user) strcpy(user_prompt, cli_user);
+            else if (!read_line(in, "User: ", user_prompt, sizeof user_prompt, sink, user))
+                break;
+            if (pos == 0 && system_prompt[0] != '\0')
+                snprintf(rendered, sizeof rendered, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]",
+                         system_prompt, user_prompt);
+            else
+                snprintf(rendered, sizeof rendered, "[INST] %s [/INST]", user_prompt);
+            if (tokenizer_encode(&e->tokenizer, rendered, tokens, &n_tokens, err)) {
+                rc = -1;
+                break;
+            }
+            user_idx = 0;
+            user_turn = 0;
+            sink(user, "Assistant: ");
+        }
+        token = user_idx < n_tokens ? tokens[user_idx++] : next;
+        if (token == TOKEN_EOS) user_turn = 1; /* EOS ends the assistant's turn */
+        float *logits = transformer_forward(&e->transformer, token, pos);
+        next = sampler_sample(&e->sampler, logits);
+        pos++;
+        if (user_idx >= n_tokens && next != TOKEN_EOS &&
+            sink(user, tokenizer_decode(&e->tokenizer, token, next)))
+            break;
+        if (next == TOKEN_EOS) sink(user, "\n");
+    }
+    sink(user, "\n");
+    free(tokens);
+    return rc;
+}
