@@ -1,0 +1,147 @@
+/* C-level tests of the kernels, the sampler and the UTF-8 check; built and run by
+ * `make check` (and under ASan/UBSan by the Python suite). Prints "N passed, N failed". */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../include/llama2.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                                \
+    do {                                                                                \
+        if (cond) passed++;                                                             \
+        else {                                                                          \
+            failed++;                                                                   \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                        \
+            fprintf(stderr, __VA_ARGS__);                                               \
+            fputc('\n', stderr);                                                        \
+        }                                                                               \
+    } while (0)
+
+static unsigned long long rng = 42;
+static float uniform(void) { return random_f32(&rng) * 2.0f - 1.0f; }
+
+/* A Q8_0 matrix built in memory exactly as a v2 file stores one. */
+typedef struct {
+    Tensor t;
+    int8_t *q;
+    float *s;
+} QMatrix;
+
+static QMatrix make_qmatrix(size_t rows, size_t cols, size_t gs) {
+    QMatrix m;
+    size_t n = rows * cols;
+    float *w = malloc(n * sizeof *w);
+    for (size_t i = 0; i < n; i++) w[i] = uniform();
+    m.q = malloc(n);
+    m.s = malloc(n / gs * sizeof *m.s);
+    quantize_q80(m.q, m.s, w, n, gs);
+    free(w);
+    m.t = (Tensor){.type = TENSOR_Q80, .rows = rows, .cols = cols, .q = m.q,
+                   .s = (const unsigned char *)m.s, .group_size = gs};
+    return m;
+}
+
+/* The exact value of the Q8_0 product, in double: what any correct kernel approximates. */
+static double q80_exact(const Tensor *w, const Activation *x, size_t row) {
+    double sum = 0;
+    for (size_t j = 0; j < w->cols; j++) {
+        size_t flat = row * w->cols + j;
+        sum += (double)w->q[flat] * scale_at(w->s, flat / w->group_size) *
+               (double)x->q[j] * x->s[j / x->group_size];
+    }
+    return sum;
+}
+
+static void test_q80_shapes(void) {
+    /* (rows, cols, gs): aligned, rows straddling groups (stories260K's w2: 64 x 172, gs 64),
+     * and groups smaller than a row that do not divide it */
+    size_t shapes[][3] = {{8, 64, 32}, {64, 172, 64}, {16, 48, 64}, {6, 30, 4}, {3, 1, 1}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        size_t rows = shapes[k][0], cols = shapes[k][1], gs = shapes[k][2];
+        QMatrix m = make_qmatrix(rows, cols, gs);
+        float *x = malloc(cols * sizeof *x), *out = malloc(rows * sizeof *out);
+        float *out_ref = malloc(rows * sizeof *out_ref), *xs = malloc(cols * sizeof *xs);
+        int8_t *xq = malloc(cols);
+        for (size_t j = 0; j < cols; j++) x[j] = uniform() * 3.0f;
+        quantize_q80(xq, xs, x, cols, gs);
+        Activation a = {.f = x, .q = xq, .s = xs, .n = cols, .group_size = gs};
+        matvec_q80(out, &m.t, &a);
+        matvec_q80_ref(out_ref, &m.t, &a);
+        for (size_t i = 0; i < rows; i++) {
+            double exact = q80_exact(&m.t, &a, i);
+            CHECK(fabs(out[i] - exact) <= 1e-4 * (1 + fabs(exact)),
+                  "q80 %zux%zu gs %zu row %zu: %g vs exact %g", rows, cols, gs, i, out[i], exact);
+            CHECK(out[i] == out_ref[i], "q80 kernel and reference differ at row %zu", i);
+        }
+        free(x); free(out); free(out_ref); free(xs); free(xq); free(m.q); free(m.s);
+    }
+}
+
+static void test_quantize_edges(void) {
+    float x[10] = {0, 0, 0, 0, 1.0f, -2.0f, 0.5f, 0, 0, 0};
+    int8_t q[10];
+    float s[3];
+    quantize_q80(q, s, x, 10, 4); /* groups of 4, 4, and a short one of 2 */
+    CHECK(s[0] == 0.0f && q[0] == 0 && q[3] == 0, "all-zero group must quantize to 0");
+    CHECK(q[5] == -127 && fabsf(s[1] - 2.0f / 127.0f) < 1e-9f, "max maps to -127");
+    CHECK(s[2] == 0.0f && q[8] == 0 && q[9] == 0, "short zero group");
+    float row[8];
+    QMatrix m = make_qmatrix(3, 8, 4);
+    dequantize_row(row, &m.t, 1);
+    CHECK(row[0] == m.q[8] * m.s[2], "dequantized row uses the row's own scales");
+    free(m.q); free(m.s);
+}
+
+static void test_f32_fast(void) {
+    size_t n = 77, d = 5;
+    float *w = malloc(n * d * sizeof *w), x[77], a[5], b[5];
+    for (size_t i = 0; i < n * d; i++) w[i] = uniform();
+    for (size_t j = 0; j < n; j++) x[j] = uniform();
+    matvec_f32_ref(a, w, x, n, d);
+    matvec_f32_fast(b, w, x, n, d);
+    for (size_t i = 0; i < d; i++) CHECK(fabsf(a[i] - b[i]) < 1e-4f, "fast fp32 row %zu", i);
+    free(w);
+}
+
+static void test_sampler(void) {
+    float p[5] = {0.1f, 0.3f, 0.3f, 0.2f, 0.1f};
+    CHECK(sample_argmax(p, 5) == 1, "argmax takes the first of equal maxima");
+    CHECK(sample_mult(p, 5, 0.0f) == 0, "coin 0 picks the first token");
+    CHECK(sample_mult(p, 5, 0.4f - 1e-7f) == 1, "just inside the second cdf step");
+    CHECK(sample_mult(p, 5, 0.99999f) == 4, "coin near 1 picks the last token");
+    ProbIndex pi[5];
+    /* equal probabilities keep index order: 1 before 2 */
+    CHECK(sample_topp(p, 5, 0.5f, pi, 0.0f) == 1, "top-p tie order");
+    CHECK(sample_topp(p, 5, 0.5f, pi, 0.6f) == 2, "top-p second of the tie");
+    /* a nucleus of one token */
+    float peaked[4] = {0.97f, 0.01f, 0.01f, 0.01f};
+    CHECK(sample_topp(peaked, 4, 0.9f, pi, 0.999f) == 0, "nucleus of one");
+    Sampler s;
+    sampler_init(&s, 5, 0.0f, 0.9f, 1);
+    float logits[5] = {1, 5, 5, 2, 0};
+    CHECK(sampler_sample(&s, logits) == 1, "greedy");
+    sampler_free(&s);
+}
+
+static void test_utf8(void) {
+    CHECK(utf8_invalid_at("Once upon a time") == 0, "ascii");
+    CHECK(utf8_invalid_at("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x90\x89") == 0, "valid multibyte");
+    CHECK(utf8_invalid_at("ab\xff") == 3, "invalid byte");
+    CHECK(utf8_invalid_at("a\xc3") == 2, "truncated sequence");
+    CHECK(utf8_invalid_at("\xc0\xaf") == 1, "overlong");
+    CHECK(utf8_invalid_at("\xed\xa0\x80") == 1, "surrogate");
+    CHECK(utf8_invalid_at("\x80") == 1, "stray continuation");
+}
+
+int main(void) {
+    test_q80_shapes();
+    test_quantize_edges();
+    test_f32_fast();
+    test_sampler();
+    test_utf8();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

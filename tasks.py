@@ -1,0 +1,133 @@
+"""Tasks: a thin command line over the duo_builder package (`invoke --list`)."""
+
+import sys
+
+from invoke import Context, Exit, task
+
+from duo_builder import engine as eng
+from duo_builder import paths
+
+
+def _fail(err: Exception) -> Exit:
+    return Exit(f"error: {err}", code=1)
+
+
+@task(help={"target": f"one of: {', '.join(eng.TARGETS)}", "check": "also run the C tests"})
+def engine(c: Context, target: str = "host", check: bool = False) -> None:
+    """Build the llama2 engine into build/<target>/llama2."""
+    try:
+        path = eng.build(target, check=check)
+    except eng.EngineError as e:
+        raise _fail(e) from None
+    print(path)
+
+
+@task(
+    help={
+        "prompt": "the story's opening",
+        "steps": "tokens to generate (0 = the model's context length)",
+        "seed": "random seed (0 = from the clock)",
+        "temperature": "0 = greedy",
+        "model": "checkpoint (default: the bundled stories260K)",
+        "tokenizer": "tokenizer for the checkpoint (default: the bundled tok512)",
+    }
+)
+def story(
+    c: Context,
+    prompt: str = "Once upon a time",
+    steps: int = 256,
+    seed: int = 0,
+    temperature: float = 1.0,
+    model: str = "",
+    tokenizer: str = "",
+) -> None:
+    """Build the engine and tell a story with the bundled default model."""
+    try:
+        binary = eng.build("host")
+    except eng.EngineError as e:
+        raise _fail(e) from None
+    model = model or str(paths.DEFAULT_MODEL)
+    tokenizer = tokenizer or str(paths.DEFAULT_TOKENIZER)
+    args = [
+        str(binary),
+        model,
+        "-z",
+        tokenizer,
+        "-n",
+        str(steps),
+        "-s",
+        str(seed),
+        "-t",
+        str(temperature),
+        "-i",
+        prompt,
+    ]
+    result = c.run(" ".join(_quote(a) for a in args), warn=True, pty=sys.stdout.isatty())
+    if not result.ok:
+        raise Exit(code=result.exited)
+
+
+@task(help={"src": "fp32 checkpoint (v0/v1)", "dst": "output file", "format": "q80, v1 or v0"})
+def convert(c: Context, src: str, dst: str, format: str = "q80") -> None:
+    """Convert a checkpoint to another format (atomic: dst appears only when complete)."""
+    from duo_builder.checkpoint import CheckpointError
+    from duo_builder.convert import convert as do_convert
+
+    try:
+        print(do_convert(src, dst, format))
+    except (CheckpointError, ValueError, OSError) as e:
+        raise _fail(e) from None
+
+
+@task(
+    help={
+        "url": "where to download the model from",
+        "sha256": "the file's expected sha256 (required)",
+        "path": "a local file instead of a URL",
+        "name": "file name in the cache (default: the URL's or file's)",
+    }
+)
+def model(c: Context, sha256: str, url: str = "", path: str = "", name: str = "") -> None:
+    """Fetch a model into the verified cache (resumable, sha256-checked); prints its path."""
+    from pathlib import Path
+
+    from duo_builder.download import DownloadError, fetch_model
+
+    try:
+        got = fetch_model(
+            sha256=sha256, url=url or None, path=Path(path) if path else None, name=name or None
+        )
+    except DownloadError as e:
+        raise _fail(e) from None
+    print(got)
+
+
+@task(help={"k": "only tests matching this pytest -k expression"})
+def test(c: Context, k: str = "") -> None:
+    """Run the test suite (builds what it needs)."""
+    selector = f" -k {_quote(k)}" if k else ""
+    c.run(f"{sys.executable} -m pytest -q{selector}", pty=sys.stdout.isatty())
+
+
+@task(
+    help={
+        "runs": "runs per path (the contest uses 30)",
+        "model": "fp32 checkpoint (default: synth15m, generated if needed)",
+        "tokenizer": "its tokenizer (default: the bundled 32000-token one)",
+    }
+)
+def bench(c: Context, runs: int = 30, model: str = "", tokenizer: str = "") -> None:
+    """The contest protocol, for each compute path side by side: tok/s, RSS, story match."""
+    from duo_builder import bench as b
+    from duo_builder.hostdeps import HostDependencyError
+
+    try:
+        b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
+    except (eng.EngineError, b.BenchError, HostDependencyError) as e:
+        raise _fail(e) from None
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
