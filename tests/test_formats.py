@@ -2,11 +2,11 @@
 Q8_0 close to fp32 (and English on the real model)."""
 
 import pytest
+
 from duo_builder.checkpoint import read_checkpoint, unshare_classifier, write_v0, write_v1
 from duo_builder.convert import convert
-from engine_runner import GOLDENS, first_difference, load_goldens, run, run_many
-
 from duo_builder.paths import MODELS
+from engine_runner import GOLDENS, first_difference, load_goldens, run, run_many
 
 MODEL = MODELS / "stories260K.bin"
 TOK = MODELS / "tok512.bin"

@@ -1,9 +1,9 @@
 """The fp32 reference path must print exactly what fp32 run.c printed (../shared goldens)."""
 
 import pytest
-from engine_runner import GOLDENS, first_difference, load_goldens, run_many
 
 from duo_builder.paths import MODELS
+from engine_runner import GOLDENS, first_difference, load_goldens, run_many
 
 pytestmark = pytest.mark.skipif(not GOLDENS.exists(), reason=f"{GOLDENS} not present")
 CASES = load_goldens() if GOLDENS.exists() else []

@@ -5,10 +5,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from duo_builder.convert import convert
-from engine_runner import run
 
+from duo_builder.convert import convert
 from duo_builder.paths import MODELS
+from engine_runner import run
 
 MODEL = MODELS / "stories260K.bin"
 TOK = MODELS / "tok512.bin"
