@@ -12,9 +12,15 @@ def _fail(err: Exception) -> Exit:
     return Exit(f"error: {err}", code=1)
 
 
-@task(help={"target": f"one of: {', '.join(eng.TARGETS)}", "check": "also run the C tests"})
+@task(
+    help={
+        "target": f"one of: {', '.join(eng.TARGETS)} (riscv64 ones: gcc 15 in a Debian sid "
+        "chroot, made once under build/toolchains/)",
+        "check": "also run the C tests (riscv64 ones under QEMU)",
+    }
+)
 def engine(c: Context, target: str = "host", check: bool = False) -> None:
-    """Build the llama2 engine into build/<target>/llama2."""
+    """Build the llama2 engine into build/<target>/llama2 (host, asan, rv64gc, rv64gcv, c906)."""
     try:
         path = eng.build(target, check=check)
     except eng.EngineError as e:

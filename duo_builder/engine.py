@@ -1,4 +1,8 @@
-"""Building the C engine for a target and running it."""
+"""Building the C engine for a target and running it.
+
+Host targets build with the host's compiler. RISC-V targets build inside the Debian sid
+toolchain chroot (duo_builder.toolchain: gcc 15, the only gcc that compiles the C906's
+XTheadVector soundly) and run under qemu-riscv64-static where QEMU can emulate them."""
 
 import os
 import shutil
@@ -6,7 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import BUILD, ENGINE_SRC
+from . import toolchain
+from .hostdeps import HostDependencyError, ensure_packages
+from .paths import BUILD, ENGINE_SRC, REPO
 
 
 class EngineError(Exception):
@@ -15,27 +21,102 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """How to compile the engine for one machine: compiler, flags, kernel set."""
+    """How to compile the engine for one machine: compiler, flags, kernel set, programs.
+
+    `chroot` targets are built inside the sid riscv64 toolchain chroot; `qemu` names the
+    toolchain.qemu_command profile that runs their programs ("" = runs on this machine,
+    unless `no_runner` says why nothing can)."""
 
     name: str
     cc: str = "cc"
     cflags: str = "-O3"
     ldflags: str = ""
+    static_ldflags: str = ""  # llama2 and the C tests only: they need just libc + libm
     kernels: str = "portable"
+    programs: tuple[str, ...] = ("llama2",)
+    ar: str = "ar"
+    pkg_config: str = "pkg-config"
+    chroot: bool = False
+    qemu: str = ""
+    no_runner: str = ""
     about: str = ""
 
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
+STORYTELLER = ("llama2", "storyteller")
+# What a host build of the storyteller compiles against (Debian packages)
+STORYTELLER_HOST_PACKAGES = (
+    "pkg-config",
+    "libespeak-ng-dev",
+    "libpocketsphinx-dev",
+    "pocketsphinx-en-us",
+    "libasound2-dev",
+)
+
+RV64_ABI = "-mabi=lp64d"
+C906_MARCH = (
+    "rv64gc_zfh_xtheadvector_xtheadba_xtheadbb_xtheadbs_xtheadcmo_xtheadcondmov"
+    "_xtheadfmemidx_xtheadmac_xtheadmemidx_xtheadmempair_xtheadsync"
+)
+
+
+def _riscv(
+    name: str,
+    march: str,
+    *,
+    about: str,
+    qemu: str = "",
+    tune: str = "",
+    no_runner: str = "",
+    programs: tuple[str, ...] = ("llama2",),
+) -> Target:
+    """A riscv64 target: gcc 15 in the toolchain chroot, llama2 linked statically (the
+    storyteller, when built, links sid's riscv64 espeak-ng/pocketsphinx/alsa dynamically:
+    Debian ships no static pocketsphinx or alsa)."""
+    return Target(
+        name,
+        cc=toolchain.GCC,
+        cflags=" ".join(f for f in ("-O3", f"-march={march}", tune, RV64_ABI) if f),
+        static_ldflags="-static",
+        programs=programs,
+        kernels="portable",
+        ar=toolchain.AR,
+        pkg_config=toolchain.PKG_CONFIG,
+        chroot=True,
+        qemu=qemu,
+        no_runner=no_runner,
+        about=about,
+    )
+
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("host", about="this machine, portable kernels"),
+        Target("host", programs=STORYTELLER, about="this machine, portable kernels"),
         Target(
             "asan",
             cflags=f"-O1 -g -fno-omit-frame-pointer {SANITIZE}",
             ldflags=SANITIZE,
+            programs=STORYTELLER,
             about="this machine under AddressSanitizer + UndefinedBehaviorSanitizer",
+        ),
+        _riscv("rv64gc", "rv64gc", qemu="rv64gc", about="riscv64 RV64GC, no vector (static)"),
+        _riscv(
+            "rv64gcv",
+            "rv64gcv",
+            qemu="rv64gcv",
+            programs=("llama2", "storyteller"),
+            about="riscv64 with RVV 1.0 (llama2 static, storyteller dynamic)",
+        ),
+        _riscv(
+            "c906",
+            C906_MARCH,
+            tune="-mtune=thead-c906",
+            no_runner=(
+                "no Debian QEMU runs XTheadVector (the C906's pre-ratification RVV 0.7.1): "
+                "run build/c906/llama2 on the Milk-V Duo itself"
+            ),
+            about="Milk-V Duo's T-Head C906, XTheadVector + T-Head extensions (static)",
         ),
     )
 }
@@ -55,33 +136,99 @@ def binary(name: str = "host", program: str = "llama2") -> Path:
     return build_dir(name) / program
 
 
+def runner(name: str, program: str = "llama2") -> list[str]:
+    """The command prefix that runs target `name`'s programs on this machine: [] for host
+    targets, qemu-riscv64-static for riscv64 ones (with the toolchain chroot as sysroot for
+    the dynamically linked storyteller). EngineError when nothing here can run them."""
+    t = target(name)
+    if t.no_runner:
+        raise EngineError(f"cannot run the {name!r} engine here: {t.no_runner}")
+    if not t.qemu:
+        return []
+    try:
+        return toolchain.qemu_command(t.qemu, dynamic=program != "llama2")
+    except toolchain.ToolchainError as e:
+        raise EngineError(str(e)) from None
+
+
 def build(name: str = "host", *, check: bool = False, jobs: int | None = None) -> Path:
     """Compile the engine for target `name` into build/<name>/; with check, also run the
-    C-level tests. Returns the llama2 binary's path."""
+    C-level tests (under QEMU for riscv64 targets). Returns the llama2 binary's path."""
     t = target(name)
+    if t.chroot:
+        return _build_in_chroot(t, check=check, jobs=jobs)
     for tool in ("make", t.cc.split()[0]):
         if shutil.which(tool) is None:
             raise EngineError(
                 f"building the engine for {name!r} needs {tool!r}, which is not on PATH "
                 f"(on Debian: apt-get install build-essential)"
             )
-    out = build_dir(name)
+    if "storyteller" in t.programs:
+        try:
+            ensure_packages(STORYTELLER_HOST_PACKAGES, f"building the storyteller for {name!r}")
+        except HostDependencyError as e:
+            raise EngineError(str(e)) from None
+    cmd = _make_command(t, jobs)
+    if check:
+        cmd.append("check")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EngineError(f"building the engine for {name!r} failed:\n{_tail(result)}")
+    return binary(name)
+
+
+def _make_command(t: Target, jobs: int | None) -> list[str]:
     cmd = [
         "make",
         "-C",
         str(ENGINE_SRC),
         f"-j{jobs or os.cpu_count() or 1}",
-        f"O={out}",
+        f"O={build_dir(t.name)}",
         f"CC={t.cc}",
         f"CFLAGS={t.cflags}",
         f"LDFLAGS={t.ldflags}",
+        f"STATIC_LDFLAGS={t.static_ldflags}",
         f"KERNELS={t.kernels}",
-        "all",
     ]
+    if t.chroot:  # the host build keeps the Makefile's own defaults for these
+        cmd += [f"AR={t.ar}", f"PKG_CONFIG={t.pkg_config}", f"PROGRAMS={' '.join(t.programs)}"]
+    else:
+        cmd.append(f"PROGRAMS={' '.join(t.programs)}")
+    cmd.append("all")
+    return cmd
+
+
+def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
+    try:
+        toolchain.ensure_sid_chroot()
+    except toolchain.ToolchainError as e:
+        raise EngineError(
+            f"building the engine for {t.name!r} needs the riscv64 toolchain: {e}"
+        ) from None
+    cmd = _make_command(t, jobs)
+    # The C tests are riscv64 programs: build them in the chroot, run them under QEMU here
+    checks = ["test_engine"] + (
+        ["test_storyteller", "test_prompts"] if "storyteller" in t.programs else []
+    )
     if check:
-        cmd.append("check")
-    result = subprocess.run(cmd, capture_output=True, text=True)
+        cmd += [str(binary(t.name, c)) for c in checks]
+    try:
+        result = toolchain.run_in_chroot(cmd, cwd_in_repo=REPO)
+    except toolchain.ToolchainError as e:
+        raise EngineError(f"building the engine for {t.name!r} failed: {e}") from None
     if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        raise EngineError(f"building the engine for {name!r} failed:\n{tail}")
-    return binary(name)
+        raise EngineError(
+            f"building the engine for {t.name!r} (in the toolchain chroot "
+            f"{toolchain.ROOT}) failed:\n{_tail(result)}"
+        )
+    if check:
+        prefix = runner(t.name)
+        for c in checks:
+            r = subprocess.run([*prefix, str(binary(t.name, c))], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise EngineError(f"the {t.name!r} engine's C test {c} failed:\n{_tail(r)}")
+    return binary(t.name)
+
+
+def _tail(result: subprocess.CompletedProcess, lines: int = 25) -> str:
+    return "\n".join((result.stdout + result.stderr).strip().splitlines()[-lines:])

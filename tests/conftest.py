@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import engine
+from duo_builder import engine, hostdeps
 from duo_builder.fsutil import sha256_file
 from duo_builder.paths import BUILD, MODELS
 from duo_builder.synthetic import SYNTH15M_SHA256, make_synthetic
@@ -38,3 +38,30 @@ def asan_engine() -> Path:
     path = engine.build("asan")
     engine.build("asan", check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def storyteller(host_engine) -> Path:
+    """build/host/storyteller (built with the engine), and eSpeak's command line, which
+    the tests use to speak requests into WAV files."""
+    hostdeps.ensure_commands({"espeak-ng": "espeak-ng"}, "the storyteller tests")
+    return engine.binary("host", "storyteller")
+
+
+# RISC-V builds (gcc 15 in the sid toolchain chroot, made on first use: ~45 s once)
+@pytest.fixture(scope="session")
+def rv64gc_engine() -> Path:
+    """build/rv64gc/llama2: static riscv64, RV64GC, run under qemu-riscv64-static."""
+    return engine.build("rv64gc")
+
+
+@pytest.fixture(scope="session")
+def rv64gcv_engine() -> Path:
+    """build/rv64gcv/llama2: static riscv64 with RVV 1.0, run under qemu-riscv64-static."""
+    return engine.build("rv64gcv")
+
+
+@pytest.fixture(scope="session")
+def c906_engine() -> Path:
+    """build/c906/llama2: static, for the Milk-V Duo's C906 (XTheadVector); no QEMU runs it."""
+    return engine.build("c906")

@@ -25,15 +25,22 @@ class Result:
     stderr: str
 
 
-def run(binary: Path, args: Sequence[str | bytes], timeout: float = 300) -> Result:
+def run(
+    binary: Path, args: Sequence[str | bytes], timeout: float = 300, prefix: Sequence[str] = ()
+) -> Result:
+    """Run `binary` with `args`; `prefix` runs it through another program (a QEMU command
+    from duo_builder.engine.runner for a riscv64 build)."""
     env = {**os.environ, **SANITIZER_ENV}
-    p = subprocess.run([str(binary), *args], capture_output=True, timeout=timeout, env=env)
+    cmd = [*prefix, str(binary), *args]
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env)
     return Result(p.returncode, p.stdout, p.stderr.decode("utf-8", "replace"))
 
 
-def run_many(binary: Path, cases: Sequence[Sequence[str | bytes]]) -> list[Result]:
+def run_many(
+    binary: Path, cases: Sequence[Sequence[str | bytes]], prefix: Sequence[str] = ()
+) -> list[Result]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(lambda a: run(binary, a), cases))
+        return list(pool.map(lambda a: run(binary, a, prefix=prefix), cases))
 
 
 def load_goldens() -> list[dict]:
