@@ -100,11 +100,6 @@ def test_fast_and_q80_paths_match_host(request, name, host_engine, stories260k_q
         )
 
 
-@pytest.mark.xfail(
-    reason="test_engine.c wants the q80 kernel == the reference bit for bit, but "
-    "kernels_portable.c is built with -ffp-contract=fast and riscv64 has FMA",
-    strict=False,
-)
 def test_c_unit_tests_under_qemu():
     engine.build("rv64gcv", check=True)
 

@@ -3,10 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include(<espeak-ng/speak_lib.h>)
-#include <espeak-ng/speak_lib.h>
-#else
+#ifdef STORYTELLER_ESPEAK1 /* TTS=espeak: eSpeak 1.48, as Buildroot packages it */
 #include <espeak/speak_lib.h>
+#else
+#include <espeak-ng/speak_lib.h>
 #endif
 
 struct Tts {

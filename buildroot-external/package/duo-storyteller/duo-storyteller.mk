@@ -1,0 +1,32 @@
+################################################################################
+#
+# duo-storyteller: built from this repository's engine/ (no download, no hash)
+#
+################################################################################
+
+DUO_STORYTELLER_VERSION = local
+DUO_STORYTELLER_SITE = $(BR2_EXTERNAL_DUO_STORYTELLER_PATH)/../engine
+DUO_STORYTELLER_SITE_METHOD = local
+DUO_STORYTELLER_LICENSE = MIT
+DUO_STORYTELLER_DEPENDENCIES = espeak pocketsphinx alsa-lib host-pkgconf
+
+# Buildroot carries espeak 1.48, not espeak-ng: the storyteller's TTS interface uses
+# the speak_lib API both provide, so TTS=espeak links it without a new package.
+define DUO_STORYTELLER_BUILD_CMDS
+	$(TARGET_MAKE_ENV) $(MAKE) -C $(@D) O=$(@D)/out \
+		CC="$(TARGET_CC)" AR="$(TARGET_AR)" \
+		CFLAGS="$(TARGET_CFLAGS) $(call qstrip,$(BR2_PACKAGE_DUO_STORYTELLER_CFLAGS))" \
+		LDFLAGS="$(TARGET_LDFLAGS)" \
+		KERNELS=$(call qstrip,$(BR2_PACKAGE_DUO_STORYTELLER_KERNELS)) \
+		PROGRAMS="llama2 storyteller" TTS=espeak AUDIO=alsa \
+		PKG_CONFIG="$(PKG_CONFIG_HOST_BINARY)" all
+endef
+
+define DUO_STORYTELLER_INSTALL_TARGET_CMDS
+	$(INSTALL) -D -m 0755 $(@D)/out/llama2 $(TARGET_DIR)/usr/bin/llama2
+	$(INSTALL) -D -m 0755 $(@D)/out/storyteller $(TARGET_DIR)/usr/bin/storyteller
+	$(INSTALL) -D -m 0644 $(@D)/storyteller/story.dict \
+		$(TARGET_DIR)/usr/share/storyteller/story.dict
+endef
+
+$(eval $(generic-package))
