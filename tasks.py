@@ -137,3 +137,80 @@ def _quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
+
+
+@task(help={"recipe": "a recipe name (recipes/NAME.yaml) or path; `invoke recipes` lists them"})
+def image(c: Context, recipe: str = "duo-64m") -> None:
+    """Build out/<recipe>.img with its .sha256 and .manifest.json."""
+    from duo_builder import image as img
+    from duo_builder.download import DownloadError
+    from duo_builder.recipe import RecipeError
+
+    try:
+        built = img.build(recipe)
+    except (img.ImageError, RecipeError, DownloadError, eng.EngineError) as e:
+        raise _fail(e) from None
+    print(f"{built.image}\n{built.image}.sha256 {built.sha256}\n{built.manifest}")
+
+
+@task
+def recipes(c: Context) -> None:
+    """List the recipes with what each builds."""
+    from duo_builder import recipe as rcp
+
+    for name in rcp.available():
+        r = rcp.load(name)
+        print(f"{name:<20} {r.base.kind:<14} {r.description}")
+
+
+@task(
+    help={
+        "recipe": "an offline (qemu-virt) recipe",
+        "prompt": "the story's opening, passed on the kernel command line",
+        "steps": "tokens in the story",
+        "timeout": "seconds before the machine is stopped",
+    }
+)
+def qemu(
+    c: Context,
+    recipe: str = "qemu-virt-64m",
+    prompt: str = "Once upon a time",
+    steps: int = 128,
+    timeout: int = 600,
+) -> None:
+    """Build (if needed) and boot the offline image in a 64 MB QEMU machine; one story."""
+    from duo_builder import image as img
+    from duo_builder import qemu_image
+    from duo_builder.recipe import RecipeError
+
+    try:
+        built = img.build(recipe)
+        if built.kernel is None:
+            raise img.ImageError(f"{recipe} is not a QEMU recipe: boot it on the board")
+        results = img.OUT / f"{recipe}-boot"
+        boot = qemu_image.boot(
+            built.image,
+            built.kernel,
+            prompt=prompt,
+            steps=steps,
+            timeout=timeout,
+            results_dir=results,
+        )
+    except (img.ImageError, RecipeError, qemu_image.QemuImageError, eng.EngineError) as e:
+        raise _fail(e) from None
+    print(boot.console)
+    print(f"results (console.log, story.txt, story.wav): {results}")
+
+
+@task(help={"image": "the .img to write", "device": "the whole TF card, e.g. /dev/sdX"})
+def flash(c: Context, image: str, device: str) -> None:
+    """Write an image to a TF card (refuses mounted/system disks), then verify it."""
+    from pathlib import Path
+
+    from duo_builder.flash import FlashError
+    from duo_builder.flash import flash as do_flash
+
+    try:
+        print(f"{device}: written and verified, sha256 {do_flash(Path(image), Path(device))}")
+    except FlashError as e:
+        raise _fail(e) from None

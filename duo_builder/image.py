@@ -1,0 +1,272 @@
+"""`invoke image`: a recipe in, a flashable (or bootable) image and its manifest out.
+
+out/<recipe>.img, out/<recipe>.img.sha256 and out/<recipe>.manifest.json (every input
+with its version/URL/sha256, every file we added with its sha256, the memory and audio
+settings, the builder's own git revision). What each base needs:
+- debian (qemu-virt-64m): Debian's mirror only. Built on this host: the same steps a
+  container would run, without the container (none is needed for packages alone).
+- release-image (duo-64m-remaster): the pinned official image, downloaded and remastered.
+- sdk (duo-64m): the vendor SDK built in the Dockerfile's container: a Docker (or Podman)
+  engine and the network; without them it stops at once and says which recipe works.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import engine, recipe
+from .convert import convert
+from .download import fetch_model
+from .fsutil import atomic_writer, sha256_file
+from .paths import BUILD, REPO
+
+OUT = REPO / "out"
+OFFLINE_RECIPE = "qemu-virt-64m"
+# Where SDK builds fetch from; checked before anything starts.
+SDK_HOSTS = ("github.com",)
+
+
+class ImageError(Exception):
+    """The image could not be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Built:
+    image: Path
+    sha256: str
+    manifest: Path
+    kernel: Path | None = None  # for booting qemu-virt images
+
+
+def build(name: str, *, out_dir: Path = OUT) -> Built:
+    r = recipe.load(name)
+    builders = {"debian": _build_debian, "release-image": _build_remaster, "sdk": _build_sdk}
+    return builders[r.base.kind](r, Path(out_dir))
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def source_date_epoch() -> int:
+    """$SOURCE_DATE_EPOCH, else the builder's last commit time: the same tree, the same image."""
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    r = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%ct"], capture_output=True, text=True
+    )
+    return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else 0
+
+
+def builder_revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def _verified_input(path: str, sha256: str, url: str, what: str) -> Path:
+    """A bundled file (checked) or a download into the verified cache."""
+    if url:
+        return fetch_model(sha256=sha256, url=url, name=Path(path).name)
+    local = REPO / path
+    if not local.exists():
+        raise ImageError(f"{what} {path} does not exist in the repository")
+    got = sha256_file(local)
+    if got != sha256:
+        raise ImageError(f"{what} {path} has sha256 {got}, the recipe pins {sha256}")
+    return local
+
+
+def model_for_image(r: recipe.Recipe, work: Path) -> tuple[Path, Path]:
+    """(model in the recipe's format, tokenizer), both verified."""
+    m = r.model
+    model = _verified_input(m.path, m.sha256, m.url, "model")
+    tokenizer = _verified_input(m.tokenizer, m.tokenizer_sha256, "", "tokenizer")
+    if m.format != "v0":  # recipes name fp32 sources; the image may carry another format
+        model = convert(model, work / f"model-{m.format}.bin", m.format)
+    return model, tokenizer
+
+
+def storyteller_conf(r: recipe.Recipe) -> str:
+    template = (REPO / "overlay" / "etc" / "storyteller.conf").read_text()
+    settings = {"voice": r.voice, "speed": str(r.speed), "pitch": str(r.pitch)}
+    lines = []
+    for line in template.splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key} = {settings[key]}" if "=" in line and key in settings else line)
+    return "\n".join(lines) + "\n"
+
+
+def autostart_defaults(r: recipe.Recipe) -> bytes:
+    """/etc/default/storyteller: the recipe's boot behaviour, read by S99storyteller."""
+    prompt = r.prompt.replace("'", "")  # a shell fragment: single-quoted, so no quotes inside
+    return f"STORYTELLER_MODE={r.autostart}\nSTORYTELLER_PROMPT='{prompt}'\n".encode()
+
+
+def _manifest(r: recipe.Recipe, image: Path, digest: str, extra: dict[str, Any]) -> Path:
+    data = {
+        "recipe": r.name,
+        "recipe_sha256": sha256_file(r.source),
+        "builder": builder_revision(),
+        "source_date_epoch": source_date_epoch(),
+        "image": {"file": image.name, "sha256": digest, "size": image.stat().st_size},
+        "memory": {"ion_mb": r.ion_mb},
+        "audio": r.audio,
+        "voice": {"name": r.voice, "speed": r.speed, "pitch": r.pitch},
+        "engine": {"target": r.engine_target, "cflags": r.engine_cflags},
+        "model": vars(r.model),
+        "base": vars(r.base),
+        **extra,
+    }
+    path = image.with_name(f"{r.name}.manifest.json")
+    with atomic_writer(path) as f:
+        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    with atomic_writer(image.with_name(image.name + ".sha256")) as f:
+        f.write(f"{digest}  {image.name}\n".encode())
+    return path
+
+
+# --- debian: the offline qemu machine ---------------------------------------------------
+
+
+def _build_debian(r: recipe.Recipe, out: Path) -> Built:
+    from . import qemu_image, toolchain
+
+    print(
+        f"{r.name}: building on this host without a container: Debian's packages are the "
+        "only inputs, and mmdebstrap/mke2fs need no root",
+        flush=True,
+    )
+    llama2 = engine.build(r.engine_target)
+    storyteller = engine.binary(r.engine_target, "storyteller")
+    work = BUILD / "image" / r.name
+    work.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = model_for_image(r, work)
+    kernel = qemu_image.build_kernel(out)
+    result = qemu_image.build_image(
+        llama2=llama2,
+        storyteller=storyteller if storyteller.exists() else None,
+        model=model,
+        tokenizer=tokenizer,
+        story_dict=REPO / "engine" / "storyteller" / "story.dict",
+        config_text=storyteller_conf(r),
+        init_script=REPO / "overlay" / "etc" / "init.d" / "S99storyteller",
+        asound_conf=qemu_image.asound_conf(r.audio),
+        out=out / f"{r.name}.img",
+        source_date_epoch=source_date_epoch(),
+        size_mb=r.image_size_mb,
+        extra_files={"/etc/default/storyteller": autostart_defaults(r)},
+    )
+    manifest = _manifest(
+        r,
+        result.path,
+        result.sha256,
+        {
+            "kernel": {
+                "file": kernel.name,
+                "sha256": sha256_file(kernel),
+                "source": qemu_image.KERNEL_SOURCE_PKG,
+            },
+            "toolchain": toolchain.manifest(),
+            "packages": result.packages,
+            "files": [vars(f) for f in result.files],
+        },
+    )
+    return Built(result.path, result.sha256, manifest, kernel)
+
+
+# --- release-image: the official image, remastered ---------------------------------------
+
+
+def _build_remaster(r: recipe.Recipe, out: Path) -> Built:
+    from .remaster import remaster
+
+    where = f"recipes/{r.name}.yaml"
+    if not r.base.sha256:
+        raise ImageError(
+            f"{where}: base: sha256 is not pinned, so the release image cannot be verified: "
+            f"download {r.base.url} once, check it, and set base.sha256 to its sha256sum"
+        )
+    archive = fetch_model(sha256=r.base.sha256, url=r.base.url)
+    work = BUILD / "image" / r.name
+    work.mkdir(parents=True, exist_ok=True)
+    base_img = _unpacked_image(archive, work)
+    llama2 = engine.build(r.engine_target)
+    model, tokenizer = model_for_image(r, work)
+    etc = REPO / "overlay" / "etc"
+    payload: dict[str, Path | bytes] = {
+        "/usr/bin/llama2": llama2,
+        "/usr/share/storyteller/model.bin": model,
+        "/usr/share/storyteller/tokenizer.bin": tokenizer,
+        "/usr/share/storyteller/story.dict": REPO / "engine" / "storyteller" / "story.dict",
+        "/etc/storyteller.conf": storyteller_conf(r).encode(),
+        "/etc/asound.conf": etc / f"asound.conf.{r.audio}",
+        "/etc/init.d/S99storyteller": etc / "init.d" / "S99storyteller",
+        "/etc/default/storyteller": autostart_defaults(r),
+    }
+    image = out / f"{r.name}.img"
+    report = remaster(
+        base_img, image, payload, ion_size=r.ion_mb << 20, source_date_epoch=source_date_epoch()
+    )
+    manifest = _manifest(r, image, report.sha256, {"remaster": report.summary()})
+    return Built(image, report.sha256, manifest)
+
+
+def _unpacked_image(archive: Path, work: Path) -> Path:
+    if not zipfile.is_zipfile(archive):
+        return archive
+    with zipfile.ZipFile(archive) as z:
+        names = [n for n in z.namelist() if n.endswith(".img")]
+        if len(names) != 1:
+            raise ImageError(f"{archive}: expected one .img in the release archive, got {names}")
+        target = work / Path(names[0]).name
+        if not target.exists():
+            with z.open(names[0]) as src, atomic_writer(target) as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    return target
+
+
+# --- sdk: the vendor SDK in a container ---------------------------------------------------
+
+
+def missing_for_sdk() -> list[str]:
+    """What an SDK build lacks here: a container engine, network access."""
+    from .container import engine_problem
+
+    missing = []
+    problem = engine_problem()
+    if problem:
+        missing.append(f"a Docker or Podman engine ({problem})")
+    for host in SDK_HOSTS:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as e:
+            missing.append(f"network access to {host} ({e.strerror or e})")
+    return missing
+
+
+def _build_sdk(r: recipe.Recipe, out: Path) -> Built:
+    missing = missing_for_sdk()
+    if missing:
+        raise ImageError(
+            f"the {r.name} recipe builds the vendor SDK ({r.base.repo} at {r.base.commit[:12]}) "
+            f"in a container and needs {' and '.join(missing)}; "
+            f"the {OFFLINE_RECIPE} recipe builds offline: invoke image --recipe {OFFLINE_RECIPE}"
+        )
+    from .container import run_sdk_build
+
+    with tempfile.TemporaryDirectory(prefix="payload-", dir=BUILD) as tmp:
+        model, tokenizer = model_for_image(r, Path(tmp))
+        image = run_sdk_build(
+            r, model=model, tokenizer=tokenizer, config_text=storyteller_conf(r), out=out
+        )
+    digest = sha256_file(image)
+    return Built(image, digest, _manifest(r, image, digest, {}))

@@ -1,0 +1,941 @@
+"""The offline test machine `qemu-virt-64m`: kernel, root filesystem, disk image, boot.
+
+A QEMU `virt` RISC-V machine with 64 MB of RAM, like the Duo, built entirely from Debian:
+- the kernel from `linux-source-6.12` with buildroot-external/board/qemu-virt/linux.fragment
+  on top of `tinyconfig` (Debian's generic kernel panics below ~112 MB);
+- the userland from sid's riscv64 packages, extracted without emulation (busybox init,
+  eSpeak NG, PocketSphinx, ALSA) plus our payload;
+- an ext4 image that is byte-identical when rebuilt from the same inputs.
+
+`boot()` runs it headless with the prompt on the kernel command line; the guest's
+/etc/init.d/S99storyteller (overlay/etc/init.d/) reads these parameters from /proc/cmdline:
+  storyteller.prompt="TEXT"     tell one story starting with TEXT (no double quotes)
+  storyteller.steps=N           its length in tokens (default: steps in storyteller.conf)
+  storyteller.seed=N            its random seed (default: seed in storyteller.conf)
+  storyteller.results=/dev/vdb  write story.txt, story.wav, storyteller.log to that disk
+  storyteller.play=1            speak through ALSA (the snd-aloop card) instead of the WAV
+  storyteller.test=1            power off when done
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fsutil import atomic_writer, sha256_file
+from .hostdeps import HostDependencyError, ensure_commands
+from .paths import BUILD, REPO
+
+BOARD = REPO / "buildroot-external" / "board" / "qemu-virt"
+KERNEL_FRAGMENT = BOARD / "linux.fragment"
+OVERLAY = REPO / "overlay"
+INIT_SCRIPT = OVERLAY / "etc" / "init.d" / "S99storyteller"
+STORYTELLER_CONF = OVERLAY / "etc" / "storyteller.conf"
+CACHE = BUILD / "cache"
+KERNEL_SOURCE_PKG = "linux-source-6.12"
+KERNEL_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+CROSS = "riscv64-linux-gnu-"
+# Bump when the way the kernel is built changes, so cached kernels are rebuilt.
+KERNEL_RECIPE = "1"
+# Reproducible kernel: no build date, user or host in the Image.
+KBUILD_ENV = {
+    "KBUILD_BUILD_TIMESTAMP": "1970-01-01 00:00:00 UTC",
+    "KBUILD_BUILD_USER": "duo",
+    "KBUILD_BUILD_HOST": "duo-builder",
+    "KBUILD_BUILD_VERSION": "1",
+    "LC_ALL": "C",
+}
+
+
+class QemuImageError(Exception):
+    """Building or booting the QEMU image failed; the message says what and where."""
+
+
+def asound_conf(audio: str) -> Path:
+    """overlay/etc/asound.conf.<audio> for a recipe's audio route (usb, i2s-max98357a, none)."""
+    path = OVERLAY / "etc" / f"asound.conf.{audio}"
+    if not path.exists():
+        known = sorted(
+            p.name.removeprefix("asound.conf.") for p in path.parent.glob("asound.conf.*")
+        )
+        raise QemuImageError(
+            f"no ALSA configuration for audio {audio!r}; known: {', '.join(known)}"
+        )
+    return path
+
+
+def _say(msg: str) -> None:
+    print(f"qemu-virt-64m: {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: Sequence[str | Path], what: str, **kw: object) -> subprocess.CompletedProcess:
+    """Run a command, capturing its output; on failure raise with the output's tail."""
+    try:
+        result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise QemuImageError(f"{what} did not finish within {e.timeout:.0f} s") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
+        raise QemuImageError(f"{what} failed (exit {result.returncode}):\n{tail}")
+    return result
+
+
+def _apt_install(packages: Sequence[str], why: str) -> None:
+    """Install Debian packages that provide files rather than commands (as root)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise HostDependencyError(f"{why} needs `apt-get install {' '.join(packages)}` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        _run(cmd, f"{why}: apt-get install {' '.join(packages)}", env=env)
+
+
+# --- kernel --------------------------------------------------------------------------------
+
+
+def kernel_host_deps() -> None:
+    ensure_commands(
+        {
+            "make": "make",
+            "gcc": "gcc",
+            "flex": "flex",
+            "bison": "bison",
+            "bc": "bc",
+            "perl": "perl",
+            "xz": "xz-utils",
+            f"{CROSS}gcc": "gcc-riscv64-linux-gnu",
+        },
+        "building the qemu-virt kernel",
+    )
+    if not KERNEL_TARBALL.exists():
+        _apt_install([KERNEL_SOURCE_PKG], "building the qemu-virt kernel")
+
+
+def _package_version(pkg: str) -> str:
+    out = _run(["dpkg-query", "-W", "-f=${Version}", pkg], f"dpkg-query {pkg}").stdout
+    return out.strip()
+
+
+def kernel_cache_key() -> str:
+    """What the Image depends on: kernel source version, fragment, cross compiler, recipe."""
+    h = hashlib.sha256()
+    for part in (
+        KERNEL_RECIPE,
+        _package_version(KERNEL_SOURCE_PKG),
+        _package_version("gcc-riscv64-linux-gnu"),
+        KERNEL_FRAGMENT.read_text(),
+    ):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_kernel(out_dir: Path, *, jobs: int | None = None) -> Path:
+    """A small riscv64 `Image` for the 64 MB virt machine, copied to out_dir/Image.
+
+    Cached under build/cache/kernel/<key>/ by the hash of (kernel source version, fragment,
+    cross gcc version), so a rebuild with the same inputs costs nothing. Concurrent
+    callers wait for one build rather than race."""
+    kernel_host_deps()
+    cached = CACHE / "kernel" / kernel_cache_key() / "Image"
+    if cached.exists():
+        _say(f"kernel: cached {cached}")
+    else:
+        with _locked(CACHE / "kernel" / ".lock"):
+            if not cached.exists():  # else built by another process while we waited
+                _build_kernel_uncached(cached, jobs or os.cpu_count() or 1)
+    out = Path(out_dir) / "Image"
+    if out.resolve() != cached.resolve():
+        _copy_atomic(cached, out)
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_kernel_uncached(dst: Path, jobs: int) -> None:
+    start = time.monotonic()
+    # ~1.5 GB of sources and objects, only while building
+    with tempfile.TemporaryDirectory(prefix="work.", dir=dst.parent.parent) as work:
+        src, obj = Path(work) / "src", Path(work) / "obj"
+        src.mkdir()
+        obj.mkdir()
+        _say(f"kernel: unpacking {KERNEL_TARBALL.name}")
+        _run(["tar", "-xJf", KERNEL_TARBALL, "-C", src, "--strip-components=1"], "unpacking")
+        make = ["make", "-C", src, f"O={obj}", "ARCH=riscv", f"CROSS_COMPILE={CROSS}"]
+        env = {**os.environ, **KBUILD_ENV}
+        _say("kernel: configuring (tinyconfig + linux.fragment)")
+        _run([*make, "tinyconfig"], "kernel tinyconfig", env=env)
+        config = obj / ".config"
+        config.write_text(config.read_text() + "\n" + KERNEL_FRAGMENT.read_text())
+        _run([*make, "olddefconfig"], "kernel olddefconfig", env=env)
+        check_kernel_config(config.read_text(), KERNEL_FRAGMENT.read_text())
+        _say(f"kernel: compiling with {jobs} jobs (about 3.5 min on 2 idle cores)")
+        _make_with_progress([*make, f"-j{jobs}", "Image"], env, start)
+        _copy_atomic(config, dst.with_name("config"))
+        _copy_atomic(obj / "arch" / "riscv" / "boot" / "Image", dst)
+    size = dst.stat().st_size / 1e6
+    _say(f"kernel: {dst} ({size:.1f} MB) in {time.monotonic() - start:.0f} s")
+
+
+def check_kernel_config(config: str, fragment: str) -> None:
+    """Every setting of the fragment must be in the final .config: Kconfig silently drops
+    a symbol whose dependencies are unmet, and then the guest fails in obscure ways."""
+    have: dict[str, str] = {}
+    for line in config.splitlines():
+        if m := re.fullmatch(r"(CONFIG_\w+)=(.*)", line):
+            have[m[1]] = m[2]
+        elif m := re.fullmatch(r"# (CONFIG_\w+) is not set", line):
+            have[m[1]] = "n"
+    wrong = []
+    for line in fragment.splitlines():
+        if m := re.fullmatch(r"(CONFIG_\w+)=(.*)", line.strip()):
+            got = have.get(m[1], "n")
+            if got != m[2]:
+                wrong.append(f"{m[1]}={m[2]} (got {got})")
+    if wrong:
+        raise QemuImageError(
+            f"{KERNEL_FRAGMENT}: settings lost after olddefconfig (unmet dependencies?): "
+            + ", ".join(wrong)
+        )
+
+
+def _make_with_progress(cmd: list[str | Path], env: dict[str, str], start: float) -> None:
+    """Run the kernel's make, printing a progress line every ~20 s; raise with its tail."""
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    compiled, last = 0, time.monotonic()
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-40:]
+        if line.lstrip().startswith("CC "):
+            compiled += 1
+        if time.monotonic() - last > 20:
+            last = time.monotonic()
+            _say(f"kernel: {compiled} files compiled ({last - start:.0f} s)")
+    if proc.wait() != 0:
+        raise QemuImageError("kernel build failed:\n" + "\n".join(tail))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_writer(dst) as out, open(src, "rb") as f:
+        shutil.copyfileobj(f, out)
+
+
+# --- root filesystem -------------------------------------------------------------------------
+
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "sid"
+TRIPLET = "riscv64-linux-gnu"
+# What the guest runs: busybox as init and shell, the storyteller's libraries and data
+# (same sid packages the toolchain chroot builds it against), ALSA tools for debugging and
+# the espeak-ng command (S99storyteller's fallback speaks with it when the storyteller is
+# missing). Their dependencies come along.
+ROOTFS_PACKAGES = (
+    "busybox",
+    "libc6",
+    "libespeak-ng1",
+    "espeak-ng-data",
+    "espeak-ng",
+    "libpocketsphinx5",
+    "pocketsphinx-en-us",
+    "libasound2t64",
+    "alsa-utils",
+)
+# The toolchain's riscv64 libraries that must match the guest's (name in its manifest)
+SHARED_WITH_TOOLCHAIN = (
+    "libc6:riscv64",
+    "libespeak-ng1:riscv64",
+    "espeak-ng-data:riscv64",
+    "libpocketsphinx5:riscv64",
+    "pocketsphinx-en-us",
+    "libasound2t64:riscv64",
+)
+# Bump when the base tarball's recipe changes, so cached ones are rebuilt.
+ROOTFS_RECIPE = "1"
+ESPEAK_DATA = f"usr/lib/{TRIPLET}/espeak-ng-data"
+PS_MODEL = "usr/share/pocketsphinx/model/en-us"
+# Dropped from the packages: documentation, translations, shell completions, iconv modules,
+# non-English eSpeak dictionaries, PocketSphinx's big language models (only the en-us
+# acoustic model is used, with our own dictionary), mmdebstrap's apt set-up, device nodes
+# (devtmpfs provides /dev) and whatever we write ourselves.
+TRIM = re.compile(
+    r"usr/share/(doc|man|info|locale|lintian|bash-completion|fish|zsh|vim|initramfs-tools"
+    r"|X11|sounds|bug|menu)(/.*)?"
+    rf"|usr/lib/{TRIPLET}/(gconv|alsa-topology)(/.*)?"
+    r"|usr/share/alsa/ucm2(/.*)?"
+    rf"|{ESPEAK_DATA}/(?!en_dict$)[^/]+_dict"
+    rf"|{PS_MODEL}/(?!en-us(/|$)).*"
+    r"|etc/(apt|dpkg|hostname|resolv\.conf|fstab|init\.d/alsa-utils)(/.*)?"
+    r"|var/(cache|log|lib/apt)/.+"
+    r"|dev/.+"
+)
+
+
+@dataclass(frozen=True)
+class RootfsBase:
+    """sid's riscv64 packages, extracted (not configured), as mmdebstrap's tarball."""
+
+    tarball: Path
+    packages: dict[str, str]  # name -> version
+
+
+def build_rootfs(
+    *,
+    suite: str = SUITE,
+    mirror: str = MIRROR,
+    packages: Sequence[str] = ROOTFS_PACKAGES,
+    refresh: bool = False,
+) -> RootfsBase:
+    """The guest's Debian packages as a tarball, cached under build/cache/rootfs/<key>/.
+
+    `mmdebstrap --variant=extract` unpacks riscv64 packages without running anything from
+    them, so no emulation is needed. The cache holds whatever the mirror served the first
+    time (sid moves on): pass refresh=True to fetch today's packages."""
+    ensure_commands({"mmdebstrap": "mmdebstrap", "gpgv": "gpgv"}, "building the qemu rootfs")
+    key = hashlib.sha256("\0".join([ROOTFS_RECIPE, suite, mirror, *packages]).encode())
+    cache = CACHE / "rootfs" / key.hexdigest()[:16]
+    tarball, listing = cache / "rootfs.tar", cache / "packages.txt"
+    if refresh or not (tarball.exists() and listing.exists()):
+        with _locked(cache.parent / ".lock"):
+            if refresh or not (tarball.exists() and listing.exists()):
+                _mmdebstrap(tarball, listing, suite, mirror, packages)
+    else:
+        _say(f"rootfs: cached {tarball}")
+    versions = dict(line.split(" ", 1) for line in listing.read_text().splitlines() if line)
+    _compare_with_toolchain(versions)
+    return RootfsBase(tarball, versions)
+
+
+def _mmdebstrap(
+    tarball: Path, listing: Path, suite: str, mirror: str, packages: Sequence[str]
+) -> None:
+    start = time.monotonic()
+    _say(f"rootfs: fetching {len(packages)} {suite} riscv64 packages and their dependencies")
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tarball.with_name(f".{tarball.name}.tmp")
+    tmp_listing = listing.with_name(f".{listing.name}.tmp")
+    # The extract variant leaves dpkg's status empty: list the .debs while they are there
+    list_debs = (
+        'for deb in "$1"/var/cache/apt/archives/*.deb; do '
+        "dpkg-deb -W --showformat='${Package} ${Version}\\n' \"$deb\"; "
+        f"done | LC_ALL=C sort > {shlex.quote(str(tmp_listing))}"
+    )
+    cmd = [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=extract",
+        "--architectures=riscv64",
+        # sid's InRelease on the mirror can be past its Valid-Until date
+        '--aptopt=Acquire::Check-Valid-Until "false"',
+        '--aptopt=Acquire::Languages "none"',
+        f"--include={','.join(packages)}",
+        f"--extract-hook={list_debs}",
+        "--format=tar",
+        suite,
+        str(tmp),
+        mirror,
+    ]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "0"}
+    _run(cmd, f"mmdebstrap ({suite} riscv64 from {mirror})", env=env, timeout=900)
+    count = len(tmp_listing.read_text().splitlines())
+    os.replace(tmp, tarball)
+    os.replace(tmp_listing, listing)
+    _say(f"rootfs: {count} packages in {time.monotonic() - start:.0f} s")
+
+
+def _compare_with_toolchain(versions: dict[str, str]) -> None:
+    """Warn when the guest's libraries differ from those the storyteller was built against."""
+    manifest = BUILD / "toolchains" / "sid-riscv64.manifest.json"
+    if not manifest.exists():
+        return
+    import json
+
+    built = json.loads(manifest.read_text()).get("installed", {})
+    for name in SHARED_WITH_TOOLCHAIN:
+        pkg = name.split(":")[0]
+        if name in built and pkg in versions and built[name] != versions[pkg]:
+            _say(
+                f"warning: guest has {pkg} {versions[pkg]} but the toolchain built against "
+                f"{built[name]}; rebuild one of them (build_rootfs(refresh=True))"
+            )
+
+
+# --- the disk image --------------------------------------------------------------------------
+
+# Fixed, so the same inputs give the same bytes (root= uses /dev/vda, not the UUID).
+ROOTFS_UUID = "5b0c1d2e-6f3a-4b5c-9d7e-8f9012345678"
+# Our own mke2fs.conf: the host's /etc/mke2fs.conf (its default features differ between
+# Debian releases) must not change the image.
+MKE2FS_CONF = """\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+	reserved_ratio = 0
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+"""
+
+# The base system around busybox: init runs rcS, which mounts the kernel's filesystems and
+# starts /etc/init.d/S??* in order (like Buildroot's, so S99storyteller is the same file on
+# the Duo); a shell on the console for whoever is watching.
+INITTAB = """\
+::sysinit:/etc/init.d/rcS
+console::askfirst:-/bin/sh
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/umount -a -r
+"""
+RCS = """\
+#!/bin/sh
+# Mount what fstab lists, then start every /etc/init.d/S??* script in order.
+PATH=/usr/bin:/usr/sbin:/bin:/sbin
+export PATH
+mount -a
+mkdir -p /run/lock
+hostname -F /etc/hostname
+for script in /etc/init.d/S??*; do
+    [ -x "$script" ] && "$script" start
+done
+"""
+FSTAB = """\
+# <device> <mount point> <type> <options> <dump> <pass>
+proc    /proc   proc    defaults            0 0
+sysfs   /sys    sysfs   defaults            0 0
+tmpfs   /tmp    tmpfs   mode=1777,size=8m   0 0
+tmpfs   /run    tmpfs   mode=0755,size=2m   0 0
+"""
+PROFILE = """\
+# Interactive shells (init scripts set their own paths: they do not read this)
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
+export LD_LIBRARY_PATH=/usr/local/lib:/usr/lib/riscv64-linux-gnu:/usr/lib
+PS1='\\h:\\w\\$ '
+"""
+BASE_FILES = {
+    "etc/inittab": (INITTAB, 0o644),
+    "etc/init.d/rcS": (RCS, 0o755),
+    "etc/fstab": (FSTAB, 0o644),
+    "etc/profile": (PROFILE, 0o644),
+    "etc/hostname": ("storyteller\n", 0o644),
+    "etc/passwd": ("root:x:0:0:root:/root:/bin/sh\n", 0o644),
+    "etc/group": ("root:x:0:\naudio:x:29:root\n", 0o644),
+    "etc/shadow": ("root::0:0:99999:7:::\n", 0o600),
+}
+BASE_DIRS = {
+    "proc": 0o555,
+    "sys": 0o555,
+    "dev": 0o755,
+    "tmp": 0o1777,
+    "run": 0o755,
+    "root": 0o700,
+    "mnt/results": 0o755,
+    "var/log": 0o755,
+    "var/tmp": 0o1777,
+}
+# merged /usr, as sid's base-files would make it: /lib/ld-linux-riscv64-lp64d.so.1 is the
+# interpreter every riscv64 program names
+BASE_SYMLINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "var/run": "../run"}
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One file we put into the image (for the manifest)."""
+
+    path: str  # in the image, absolute
+    sha256: str
+    size: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    path: Path
+    sha256: str
+    size: int  # bytes of the raw disk image
+    files: list[ImageFile]  # our payload
+    packages: dict[str, str] = field(default_factory=dict)  # Debian name -> version
+    content_bytes: int = 0  # bytes of file data in the root filesystem
+
+    def manifest(self) -> dict:
+        return {
+            "image": self.path.name,
+            "sha256": self.sha256,
+            "size": self.size,
+            "content_bytes": self.content_bytes,
+            "files": [vars(f) for f in self.files],
+            "packages": self.packages,
+        }
+
+
+def image_host_deps() -> None:
+    ensure_commands(
+        {"mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs"},
+        "building the qemu image",
+    )
+
+
+def build_image(
+    *,
+    llama2: Path,
+    storyteller: Path | None,
+    model: Path,
+    tokenizer: Path,
+    story_dict: Path | None,
+    config_text: str,
+    init_script: Path,
+    asound_conf: Path,
+    out: Path,
+    source_date_epoch: int,
+    size_mb: int,
+    base: RootfsBase | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> ImageResult:
+    """A raw disk image (one ext4 filesystem, no partition table) for qemu-virt-64m.
+
+    Same inputs (payload, base packages, epoch, size) -> same bytes: files are added in
+    sorted order, every time is source_date_epoch, owners come from the packages (ours are
+    root), and the UUID, hash seed and mke2fs settings are fixed. `out` appears only when
+    complete. `base` defaults to build_rootfs()'s (cached) packages; extra_files maps more
+    absolute image paths to contents (e.g. /etc/default/storyteller, see S99storyteller)."""
+    image_host_deps()
+    start = time.monotonic()
+    base = base or build_rootfs()
+    payload = _payload(
+        llama2=llama2,
+        storyteller=storyteller,
+        model=model,
+        tokenizer=tokenizer,
+        story_dict=story_dict,
+        config_text=config_text,
+        init_script=init_script,
+        asound_conf=asound_conf,
+    )
+    for name, data in (extra_files or {}).items():
+        if not name.startswith("/") or name.rstrip("/") == "":
+            raise QemuImageError(f"extra_files: {name!r} is not an absolute file path")
+        payload[name.lstrip("/")] = (bytes(data), 0o644)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".qemu-image.", dir=out.parent) as tmp:
+        staging = Path(tmp) / "root"
+        owners = _extract_base(base.tarball, staging)
+        _add_base_system(staging)
+        files = _add_payload(staging, payload)
+        content = _normalise_times(staging, source_date_epoch)
+        with _atomic_path(out) as dst:
+            _make_ext4(staging, dst, size_mb, source_date_epoch, owners, Path(tmp))
+    digest = sha256_file(out)
+    _say(
+        f"image: {out} ({size_mb} MB, {content / 1e6:.1f} MB of files) sha256 {digest[:16]}… "
+        f"in {time.monotonic() - start:.1f} s"
+    )
+    return ImageResult(out, digest, out.stat().st_size, files, base.packages, content)
+
+
+def _payload(
+    *,
+    llama2: Path,
+    storyteller: Path | None,
+    model: Path,
+    tokenizer: Path,
+    story_dict: Path | None,
+    config_text: str,
+    init_script: Path,
+    asound_conf: Path,
+) -> dict[str, tuple[Path | bytes, int]]:
+    """Image path -> (source file or contents, mode): what we add on top of the packages."""
+    items: dict[str, tuple[Path | bytes, int]] = {
+        "usr/bin/llama2": (Path(llama2), 0o755),
+        "usr/share/storyteller/model.bin": (Path(model), 0o644),
+        "usr/share/storyteller/tokenizer.bin": (Path(tokenizer), 0o644),
+        "etc/storyteller.conf": (config_text.encode(), 0o644),
+        "etc/asound.conf": (Path(asound_conf), 0o644),
+        "etc/init.d/S99storyteller": (Path(init_script), 0o755),
+    }
+    if storyteller is not None:
+        items["usr/bin/storyteller"] = (Path(storyteller), 0o755)
+    if story_dict is not None:
+        items["usr/share/storyteller/story.dict"] = (Path(story_dict), 0o644)
+    for dst, (src, _) in items.items():
+        if isinstance(src, Path) and not src.is_file():
+            raise QemuImageError(f"image payload /{dst}: {src} does not exist")
+    return items
+
+
+def _extract_base(tarball: Path, staging: Path) -> dict[str, tuple[int, int]]:
+    """Unpack the packages minus TRIM into staging; returns their owners by path."""
+    owners: dict[str, tuple[int, int]] = {}
+    staging.mkdir()
+    with tarfile.open(tarball) as tar:
+        keep = []
+        for member in tar:
+            name = member.name.removeprefix("./").rstrip("/")
+            if not name or TRIM.fullmatch(name) or member.ischr() or member.isblk():
+                continue
+            if member.islnk() and TRIM.fullmatch(member.linkname.removeprefix("./")):
+                continue
+            owners[name] = (member.uid, member.gid)
+            keep.append(member)
+        tar.extractall(staging, members=keep, numeric_owner=True, filter="fully_trusted")
+    return owners
+
+
+def _add_base_system(root: Path) -> None:
+    for name, mode in BASE_DIRS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / name, mode)
+    for name, target in BASE_SYMLINKS.items():
+        if not (root / name).is_symlink() and not (root / name).exists():
+            (root / name).symlink_to(target)
+    for name, (text, mode) in BASE_FILES.items():
+        _write(root / name, text.encode(), mode)
+    _install_busybox_links(root)
+
+
+def busybox_applets(binary: Path) -> list[str]:
+    """The applet names compiled into a busybox binary: its sorted, NUL-separated name
+    table starts with "[" and "[[" (read from the file, so no riscv64 emulation)."""
+    data = binary.read_bytes()
+    at = data.find(b"[\0[[\0")
+    if at < 0:
+        raise QemuImageError(f"{binary}: no busybox applet table found")
+    names = []
+    for raw in data[at:].split(b"\0"):
+        if not raw:
+            break
+        names.append(raw.decode("ascii"))
+    return names
+
+
+def _install_busybox_links(root: Path) -> None:
+    """/usr/bin/<applet> -> busybox for every applet no package provides, and /sbin/init."""
+    busybox = root / "usr" / "bin" / "busybox"
+    applets = [a for a in busybox_applets(busybox) if a not in ("[", "[[", "linuxrc")]
+    for applet in [*applets, "[", "[["]:
+        for where in ("usr/bin", "usr/sbin"):
+            if (root / where / applet).exists() or (root / where / applet).is_symlink():
+                break
+        else:
+            (root / "usr" / "bin" / applet).symlink_to("busybox")
+    init = root / "usr" / "sbin" / "init"
+    if not init.exists():
+        init.symlink_to("../bin/busybox")
+
+
+def _add_payload(root: Path, payload: dict[str, tuple[Path | bytes, int]]) -> list[ImageFile]:
+    files = []
+    for name, (src, mode) in sorted(payload.items()):
+        data = src.read_bytes() if isinstance(src, Path) else src
+        _write(root / name, data, mode)
+        digest = hashlib.sha256(data).hexdigest()
+        files.append(ImageFile("/" + name, digest, len(data), mode))
+    return files
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def _normalise_times(root: Path, epoch: int) -> int:
+    """Every mtime/atime = epoch (mke2fs -d copies them); returns bytes of file data."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            os.utime(p, (epoch, epoch), follow_symlinks=False)
+            if name in filenames and not os.path.islink(p):
+                total += os.path.getsize(p)
+    os.utime(root, (epoch, epoch))
+    return total
+
+
+@contextlib.contextmanager
+def _atomic_path(dst: Path) -> Iterator[Path]:
+    """A temporary path beside dst that becomes dst only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _make_ext4(
+    staging: Path,
+    image: Path,
+    size_mb: int,
+    epoch: int,
+    owners: dict[str, tuple[int, int]],
+    tmp: Path,
+) -> None:
+    conf = tmp / "mke2fs.conf"
+    conf.write_text(MKE2FS_CONF)
+    # E2FSPROGS_FAKE_TIME: the superblock's times; SOURCE_DATE_EPOCH for e2fsprogs >= 1.47.1
+    env = {
+        **os.environ,
+        "MKE2FS_CONFIG": str(conf),
+        "E2FSPROGS_FAKE_TIME": str(epoch),
+        "SOURCE_DATE_EPOCH": str(epoch),
+    }
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    _run(
+        [
+            "mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs",
+            "-U", ROOTFS_UUID,
+            "-E", f"hash_seed={ROOTFS_UUID},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0",
+            "-d", staging, image,
+        ],
+        f"mke2fs -d (root filesystem of {size_mb} MB; too small?)",
+        env=env,
+    )  # fmt: skip
+    # mke2fs 1.47.0 copies ctime and atime from the staging files (the time we wrote
+    # them) and their owners (whoever ran the build): set both explicitly
+    script = tmp / "debugfs.cmds"
+    script.write_text(_debugfs_fixups(staging, epoch, owners))
+    _run(["debugfs", "-w", "-f", script, image], "debugfs (fixing times and owners)", env=env)
+    _run(["e2fsck", "-fn", image], "e2fsck of the new root filesystem", env=env)
+
+
+def _debugfs_fixups(staging: Path, epoch: int, owners: dict[str, tuple[int, int]]) -> str:
+    lines = []
+    paths = ["", "lost+found"]
+    for dirpath, dirnames, filenames in os.walk(staging):
+        rel = os.path.relpath(dirpath, staging)
+        for name in dirnames + filenames:
+            paths.append(name if rel == "." else f"{rel}/{name}")
+    for rel in sorted(paths):
+        if '"' in rel or "\n" in rel:
+            raise QemuImageError(f"cannot put /{rel!r} into the image (quote or newline)")
+        uid, gid = owners.get(rel, (0, 0))
+        target = f'"/{rel}"'
+        for fld in ("atime", "ctime", "mtime", "crtime"):
+            lines.append(f"sif {target} {fld} @{epoch}")
+        lines.append(f"sif {target} uid {uid}")
+        lines.append(f"sif {target} gid {gid}")
+    return "\n".join(lines) + "\n"
+
+
+# --- booting ---------------------------------------------------------------------------------
+
+QEMU = "qemu-system-riscv64"
+MEMORY = "64M"
+CPU = "rv64,v=true,vlen=128,vext_spec=v1.0"
+RESULTS_MB = 32
+# riscv's COMMAND_LINE_SIZE is 1024; leave room for the fixed parameters
+MAX_PROMPT = 512
+
+
+@dataclass(frozen=True)
+class BootResult:
+    console: str  # everything the guest printed on ttyS0
+    seconds: float  # from starting qemu to its exit
+    mem_total_kb: int | None
+    mem_available_before_kb: int | None
+    mem_available_during_kb: list[int]  # sampled every ~0.5 s while the story was told
+    files: dict[str, Path]  # name -> host copy of what the guest left on the results disk
+    exit_status: int | None  # of the storyteller (or llama2) in the guest
+
+    @property
+    def story(self) -> str | None:
+        path = self.files.get("story.txt")
+        return path.read_text(errors="replace") if path else None
+
+    @property
+    def mem_available_min_kb(self) -> int | None:
+        samples = self.mem_available_during_kb
+        return min(samples) if samples else None
+
+
+def boot_host_deps() -> None:
+    # -bios default: the OpenSBI firmware that qemu-system-data ships
+    ensure_commands(
+        {QEMU: "qemu-system-misc", "mke2fs": "e2fsprogs", "debugfs": "e2fsprogs"},
+        "booting the qemu image",
+    )
+
+
+def kernel_command_line(
+    prompt: str | None, *, steps: int | None = None, seed: int | None = None, play: bool = False
+) -> str:
+    """console on ttyS0, root on the first disk, results on the second, test mode (power
+    off when done) and the story's parameters for S99storyteller; panic=-1 reboots at
+    once, which -no-reboot turns into qemu exiting instead of hanging."""
+    args = ["console=ttyS0", "root=/dev/vda", "rw", "rootwait", "panic=-1", "quiet"]
+    args += ["storyteller.test=1", "storyteller.results=/dev/vdb"]
+    if steps is not None:
+        args.append(f"storyteller.steps={int(steps)}")
+    if seed is not None:
+        args.append(f"storyteller.seed={int(seed)}")
+    if play:
+        args.append("storyteller.play=1")
+    if prompt is not None:
+        if '"' in prompt or "\n" in prompt or len(prompt.encode()) > MAX_PROMPT:
+            raise ValueError(
+                f"prompt for the kernel command line: at most {MAX_PROMPT} bytes, "
+                'one line, no double quote (")'
+            )
+        args.append(f'storyteller.prompt="{prompt}"')
+    return " ".join(args)
+
+
+def qemu_command(kernel: Path, disk: Path, results: Path, append: str) -> list[str]:
+    return [
+        QEMU,
+        "-M", "virt",
+        "-m", MEMORY,
+        "-smp", "1",
+        "-cpu", CPU,
+        "-nographic",
+        "-no-reboot",
+        "-bios", "default",
+        "-kernel", str(kernel),
+        "-append", append,
+        "-drive", f"file={disk},format=raw,if=none,id=root",
+        "-device", "virtio-blk-pci,drive=root",
+        "-drive", f"file={results},format=raw,if=none,id=results",
+        "-device", "virtio-blk-pci,drive=results",
+        "-nic", "none",
+    ]  # fmt: skip
+
+
+def boot(
+    image: Path,
+    kernel: Path,
+    *,
+    prompt: str | None,
+    timeout: float,
+    steps: int | None = None,
+    seed: int | None = None,
+    play: bool = False,
+    results_dir: Path | None = None,
+) -> BootResult:
+    """Boot the image in a 64 MB qemu virt machine and collect what the guest did.
+
+    The guest boots a copy of `image`; a second, empty ext4 disk (/dev/vdb) receives
+    story.txt, story.wav and storyteller.log, copied afterwards into results_dir (a new
+    temporary directory if None) together with console.log. The guest powers itself off;
+    after `timeout` seconds qemu is killed and QemuImageError carries the console's tail.
+    With play, the guest speaks through ALSA (the snd-aloop card) instead of into the WAV."""
+    boot_host_deps()
+    out = Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="qemu-boot-"))
+    out.mkdir(parents=True, exist_ok=True)
+    append = kernel_command_line(prompt, steps=steps, seed=seed, play=play)
+    with tempfile.TemporaryDirectory(prefix="qemu-run-") as tmp:
+        disk, results = Path(tmp) / "root.img", Path(tmp) / "results.img"
+        shutil.copyfile(image, disk)  # the guest writes to its root: keep the built image
+        with open(results, "wb") as f:
+            f.truncate(RESULTS_MB << 20)
+        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "results", results], "mke2fs results")
+        console_log = out / "console.log"
+        seconds = _run_qemu(qemu_command(Path(kernel), disk, results, append), console_log, timeout)
+        files = _copy_results(results, out)
+    console = console_log.read_text(errors="replace")
+    _say(f"boot: guest powered off after {seconds:.1f} s; results in {out}")
+    return _parse_console(console, seconds, files)
+
+
+def _run_qemu(cmd: list[str], console_log: Path, timeout: float) -> float:
+    """Run qemu with its console going to console_log; kill it at the deadline."""
+    start = time.monotonic()
+    with open(console_log, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise QemuImageError(
+                f"the guest did not power off within {timeout:.0f} s; console tail:\n"
+                + _tail(console_log)
+            ) from None
+        except BaseException:  # Ctrl-C and friends: never leave qemu behind
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        raise QemuImageError(f"qemu exited with {proc.returncode}:\n{_tail(console_log)}")
+    return time.monotonic() - start
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _copy_results(results: Path, out: Path) -> dict[str, Path]:
+    """Every regular file in the results disk's root, copied out with debugfs (no mount)."""
+    listing = _run(["debugfs", "-R", "ls -p /", results], "debugfs ls of the results disk")
+    files = {}
+    for line in listing.stdout.splitlines():
+        # /inode/mode/uid/gid/name/size/
+        parts = line.strip().strip("/").split("/")
+        if len(parts) < 6 or not parts[1].startswith("100"):
+            continue
+        name = parts[4]
+        if not re.fullmatch(r"[\w.-]+", name):
+            continue
+        dst = out / name
+        _run(["debugfs", "-R", f"dump /{name} {dst}", results], f"debugfs dump /{name}")
+        files[name] = dst
+    return files
+
+
+def _kb(pattern: str, text: str) -> int | None:
+    m = re.search(pattern, text)
+    return int(m[1]) if m else None
+
+
+def _parse_console(console: str, seconds: float, files: dict[str, Path]) -> BootResult:
+    during = [
+        int(x) for x in re.findall(r"storyteller: memory during: MemAvailable (\d+) kB", console)
+    ]
+    return BootResult(
+        console=console,
+        seconds=seconds,
+        mem_total_kb=_kb(r"storyteller: memory before: MemTotal (\d+) kB", console),
+        mem_available_before_kb=_kb(r"memory before: MemTotal \d+ kB, MemAvailable (\d+)", console),
+        mem_available_during_kb=during,
+        files=files,
+        exit_status=_kb(r"storyteller: exit status (\d+)", console),
+    )
