@@ -14,9 +14,9 @@ def readme_commands() -> list[str]:
     return [line.split("#")[0].strip() for line in block.strip().splitlines()]
 
 
-def test_readme_opens_with_story_and_test_commands():
-    story, test = readme_commands()
-    assert story.endswith("invoke story")
+def test_readme_opens_with_image_and_test_commands():
+    main, test = readme_commands()
+    assert main.endswith("invoke image --recipe qemu-virt-64m")
     assert test.endswith("invoke test")
 
 
