@@ -1,6 +1,7 @@
 """Files that are either complete or absent: write to a temp file, then rename."""
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -40,3 +41,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive flock on `path` (created if needed): one builder at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

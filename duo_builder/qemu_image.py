@@ -18,7 +18,6 @@ A QEMU `virt` RISC-V machine with 64 MB of RAM, like the Duo, built entirely fro
 """
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -33,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import atomic_writer, sha256_file
+from .fsutil import atomic_writer, exclusive_lock, sha256_file
 from .hostdeps import HostDependencyError, ensure_commands
 from .paths import BUILD, REPO
 
@@ -152,24 +151,13 @@ def build_kernel(out_dir: Path, *, jobs: int | None = None) -> Path:
     if cached.exists():
         _say(f"kernel: cached {cached}")
     else:
-        with _locked(CACHE / "kernel" / ".lock"):
+        with exclusive_lock(CACHE / "kernel" / ".lock"):
             if not cached.exists():  # else built by another process while we waited
                 _build_kernel_uncached(cached, jobs or os.cpu_count() or 1)
     out = Path(out_dir) / "Image"
     if out.resolve() != cached.resolve():
         _copy_atomic(cached, out)
     return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build_kernel_uncached(dst: Path, jobs: int) -> None:
@@ -322,7 +310,7 @@ def build_rootfs(
     cache = CACHE / "rootfs" / key.hexdigest()[:16]
     tarball, listing = cache / "rootfs.tar", cache / "packages.txt"
     if refresh or not (tarball.exists() and listing.exists()):
-        with _locked(cache.parent / ".lock"):
+        with exclusive_lock(cache.parent / ".lock"):
             if refresh or not (tarball.exists() and listing.exists()):
                 _mmdebstrap(tarball, listing, suite, mirror, packages)
     else:

@@ -12,7 +12,6 @@ tree, and every mount vanishes with the process, even when it fails."""
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import shutil
@@ -22,10 +21,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .fsutil import atomic_writer
+from .fsutil import atomic_writer, exclusive_lock
 from .hostdeps import HostDependencyError, ensure_commands
 from .paths import BUILD, REPO
 
@@ -124,7 +123,7 @@ def ensure_sid_chroot(progress: bool = True) -> Path:
             _write_manifest(ROOT)
         return ROOT
     TOOLCHAINS.mkdir(parents=True, exist_ok=True)
-    with _locked():
+    with exclusive_lock(LOCK):
         if ROOT.is_dir():  # made by another process while we waited
             if not MANIFEST.exists():
                 _write_manifest(ROOT)
@@ -182,16 +181,6 @@ def manifest() -> dict:
 
 
 # --- making the chroot --------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _make_chroot(progress: bool) -> None:

@@ -7,18 +7,7 @@
 
 #include "../include/llama2.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                \
-    do {                                                                                \
-        if (cond) passed++;                                                             \
-        else {                                                                          \
-            failed++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            fprintf(stderr, __VA_ARGS__);                                               \
-            fputc('\n', stderr);                                                        \
-        }                                                                               \
-    } while (0)
+#include "check.h"
 
 static unsigned long long rng = 42;
 static float uniform(void) { return random_f32(&rng) * 2.0f - 1.0f; }
@@ -144,6 +133,5 @@ int main(void) {
     test_f32_fast();
     test_sampler();
     test_utf8();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return report();
 }

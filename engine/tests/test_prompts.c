@@ -5,17 +5,7 @@
 
 #include "../storyteller/prompts.h"
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                                \
-    do {                                                                                \
-        if (cond) passed++;                                                             \
-        else {                                                                          \
-            failed++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            fprintf(stderr, __VA_ARGS__);                                               \
-            fputc('\n', stderr);                                                        \
-        }                                                                               \
-    } while (0)
+#include "check.h"
 
 static void expect_story(const char *words, const char *opening) {
     Request r = prompts_interpret(words);
@@ -135,6 +125,5 @@ int main(void) {
     test_nonsense();
     test_openings_shape();
     test_grammar();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return report();
 }

@@ -5,17 +5,7 @@
 #include "../storyteller/config.h"
 #include "../storyteller/sentences.h"
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                                \
-    do {                                                                                \
-        if (cond) passed++;                                                             \
-        else {                                                                          \
-            failed++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            fprintf(stderr, __VA_ARGS__);                                               \
-            fputc('\n', stderr);                                                        \
-        }                                                                               \
-    } while (0)
+#include "check.h"
 
 typedef struct {
     char got[8][SENTENCE_MAX + 1];
@@ -76,6 +66,5 @@ static void test_config(void) {
 int main(void) {
     test_splitter();
     test_config();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return report();
 }
