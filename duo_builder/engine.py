@@ -69,6 +69,7 @@ def _riscv(
     tune: str = "",
     no_runner: str = "",
     programs: tuple[str, ...] = ("llama2",),
+    kernels: str = "portable",
 ) -> Target:
     """A riscv64 target: gcc 15 in the toolchain chroot, llama2 linked statically (the
     storyteller, when built, links sid's riscv64 espeak-ng/pocketsphinx/alsa dynamically:
@@ -79,7 +80,7 @@ def _riscv(
         cflags=" ".join(f for f in ("-O3", f"-march={march}", tune, RV64_ABI) if f),
         static_ldflags="-static",
         programs=programs,
-        kernels="portable",
+        kernels=kernels,
         ar=toolchain.AR,
         pkg_config=toolchain.PKG_CONFIG,
         chroot=True,
@@ -106,12 +107,14 @@ TARGETS: dict[str, Target] = {
             "rv64gcv",
             qemu="rv64gcv",
             programs=("llama2", "storyteller"),
+            kernels="rvv",
             about="riscv64 with RVV 1.0 (llama2 static, storyteller dynamic)",
         ),
         _riscv(
             "c906",
             C906_MARCH,
             tune="-mtune=thead-c906",
+            kernels="rvv",
             no_runner=(
                 "no Debian QEMU runs XTheadVector (the C906's pre-ratification RVV 0.7.1): "
                 "run build/c906/llama2 on the Milk-V Duo itself"

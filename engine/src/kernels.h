@@ -25,6 +25,9 @@ void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs);
  * share a weight scale and an activation scale, scaled and added in order (runq.c's
  * arithmetic where rows are whole groups; correct where rows straddle groups). */
 void matvec_q80_ref(float *out, const Tensor *w, const Activation *x);
+/* The same when every row is whole groups (cols % group_size == 0, equal group sizes):
+ * runq.c's loop, vectorisable integer sums. */
+void matvec_q80_aligned(float *out, const Tensor *w, const Activation *x);
 /* Row `row` of a Q8_0 matrix in fp32 (the embedding of one token). */
 void dequantize_row(float *out, const Tensor *w, size_t row);
 

@@ -18,23 +18,11 @@ void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_
     }
 }
 
+/* Q8_0 sums integers exactly; its per-group scaling stays in kernels_ref.c, compiled
+ * without FMA contraction, so every build gives runq.c's result bit for bit. */
 void matvec_q80(float *out, const Tensor *w, const Activation *x) {
-    size_t n = w->cols, gs = w->group_size;
-    if (n % gs != 0 || x->group_size != gs) {
+    if (w->cols % w->group_size != 0 || x->group_size != w->group_size)
         matvec_q80_ref(out, w, x); /* rows straddle groups: the general path */
-        return;
-    }
-    size_t groups = n / gs;
-    for (size_t i = 0; i < w->rows; i++) {
-        const int8_t *row = w->q + i * n;
-        size_t g0 = i * groups;
-        float val = 0.0f;
-        for (size_t g = 0; g < groups; g++) {
-            int32_t ival = 0;
-            const int8_t *wq = row + g * gs, *xq = x->q + g * gs;
-            for (size_t k = 0; k < gs; k++) ival += (int32_t)xq[k] * (int32_t)wq[k];
-            val += (float)ival * scale_at(w->s, g0 + g) * x->s[g];
-        }
-        out[i] = val;
-    }
+    else
+        matvec_q80_aligned(out, w, x);
 }

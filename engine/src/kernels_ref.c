@@ -45,6 +45,21 @@ void matvec_q80_ref(float *out, const Tensor *w, const Activation *x) {
     }
 }
 
+void matvec_q80_aligned(float *out, const Tensor *w, const Activation *x) {
+    size_t n = w->cols, gs = w->group_size, groups = n / gs;
+    for (size_t i = 0; i < w->rows; i++) {
+        const int8_t *row = w->q + i * n;
+        float val = 0.0f;
+        for (size_t g = 0; g < groups; g++) {
+            int32_t ival = 0;
+            const int8_t *wq = row + g * gs, *xq = x->q + g * gs;
+            for (size_t k = 0; k < gs; k++) ival += (int32_t)xq[k] * (int32_t)wq[k];
+            val += (float)ival * scale_at(w->s, i * groups + g) * x->s[g];
+        }
+        out[i] = val;
+    }
+}
+
 void dequantize_row(float *out, const Tensor *w, size_t row) {
     size_t base = row * w->cols;
     for (size_t j = 0; j < w->cols; j++)
