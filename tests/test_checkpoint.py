@@ -11,6 +11,7 @@ import pytest
 
 from duo_builder.checkpoint import (
     FREQ_NAMES,
+    V0_ORDER,
     CheckpointError,
     Config,
     QTensor,
@@ -31,19 +32,8 @@ TOOLS = SHARED / "tools"
 needs_shared = pytest.mark.skipif(not TOOLS.is_dir(), reason="../shared/tools is not present")
 
 STORIES260K_BYTES = 1_056_540
-WEIGHT_NAMES = (
-    "tok_embeddings",
-    "rms_att",
-    "wq",
-    "wk",
-    "wv",
-    "wo",
-    "rms_ffn",
-    "w1",
-    "w2",
-    "w3",
-    "rms_final",
-)
+# the weights every checkpoint has, in v0 order (no RoPE tables, no separate classifier)
+WEIGHT_NAMES = tuple(n for n in V0_ORDER if n not in (*FREQ_NAMES, "wcls"))
 
 
 def run_tool(script: str, *args: object) -> None:
