@@ -133,6 +133,28 @@ def bench(c: Context, runs: int = 30, model: str = "", tokenizer: str = "") -> N
         raise _fail(e) from None
 
 
+def _image_errors() -> tuple[type[Exception], ...]:
+    """Everything building or booting an image reports as one sentence (no traceback)."""
+    from duo_builder.container import ContainerError
+    from duo_builder.download import DownloadError
+    from duo_builder.hostdeps import HostDependencyError
+    from duo_builder.image import ImageError
+    from duo_builder.qemu_image import QemuImageError
+    from duo_builder.recipe import RecipeError
+    from duo_builder.remaster import RemasterError
+
+    return (
+        ImageError,
+        RecipeError,
+        DownloadError,
+        eng.EngineError,
+        HostDependencyError,
+        QemuImageError,
+        RemasterError,
+        ContainerError,
+    )
+
+
 def _quote(s: str) -> str:
     import shlex
 
@@ -143,12 +165,10 @@ def _quote(s: str) -> str:
 def image(c: Context, recipe: str = "duo-64m") -> None:
     """Build out/<recipe>.img with its .sha256 and .manifest.json."""
     from duo_builder import image as img
-    from duo_builder.download import DownloadError
-    from duo_builder.recipe import RecipeError
 
     try:
         built = img.build(recipe)
-    except (img.ImageError, RecipeError, DownloadError, eng.EngineError) as e:
+    except _image_errors() as e:
         raise _fail(e) from None
     print(f"{built.image}\n{built.image}.sha256 {built.sha256}\n{built.manifest}")
 
@@ -181,7 +201,6 @@ def qemu(
     """Build (if needed) and boot the offline image in a 64 MB QEMU machine; one story."""
     from duo_builder import image as img
     from duo_builder import qemu_image
-    from duo_builder.recipe import RecipeError
 
     try:
         built = img.build(recipe)
@@ -196,7 +215,7 @@ def qemu(
             timeout=timeout,
             results_dir=results,
         )
-    except (img.ImageError, RecipeError, qemu_image.QemuImageError, eng.EngineError) as e:
+    except _image_errors() as e:
         raise _fail(e) from None
     print(boot.console)
     print(f"results (console.log, story.txt, story.wav): {results}")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fsutil import atomic_writer, exclusive_lock, sha256_file
-from .hostdeps import HostDependencyError, ensure_commands
+from .hostdeps import ensure_commands, ensure_packages
 from .paths import BUILD, REPO
 
 BOARD = REPO / "buildroot-external" / "board" / "qemu-virt"
@@ -90,17 +90,6 @@ def _run(cmd: Sequence[str | Path], what: str, **kw: object) -> subprocess.Compl
     return result
 
 
-def _apt_install(packages: Sequence[str], why: str) -> None:
-    """Install Debian packages that provide files rather than commands (as root)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise HostDependencyError(f"{why} needs `apt-get install {' '.join(packages)}` as root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        _run(cmd, f"{why}: apt-get install {' '.join(packages)}", env=env)
-
-
 # --- kernel --------------------------------------------------------------------------------
 
 
@@ -119,7 +108,7 @@ def kernel_host_deps() -> None:
         "building the qemu-virt kernel",
     )
     if not KERNEL_TARBALL.exists():
-        _apt_install([KERNEL_SOURCE_PKG], "building the qemu-virt kernel")
+        ensure_packages([KERNEL_SOURCE_PKG], "building the qemu-virt kernel")
 
 
 def _package_version(pkg: str) -> str:
