@@ -3,8 +3,9 @@
 out/<recipe>.img, out/<recipe>.img.sha256 and out/<recipe>.manifest.json (every input
 with its version/URL/sha256, every file we added with its sha256, the memory and audio
 settings, the builder's own git revision). What each base needs:
-- debian (qemu-virt-64m): Debian's mirror only. Built on this host: the same steps a
-  container would run, without the container (none is needed for packages alone).
+- debian (qemu-virt-64m): Debian's mirror only. Built in the Dockerfile's `offline` stage
+  when a Docker (or Podman) engine answers, else on this host by the same steps without
+  the container (saying so); the manifest's `built_in` says which, and which image.
 - release-image (duo-64m-remaster): the pinned official image, downloaded and remastered.
 - sdk (duo-64m): the vendor SDK built in the Dockerfile's container: a Docker (or Podman)
   engine and the network; without them it stops at once and says which recipe works.
@@ -12,13 +13,14 @@ settings, the builder's own git revision). What each base needs:
 
 import json
 import os
+import platform
 import socket
 import subprocess
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import engine, recipe
 from .convert import convert
@@ -36,6 +38,11 @@ class ImageError(Exception):
     """The image could not be built; the message says why and what to do."""
 
 
+# auto: in the container when an engine answers (debian recipes, else on this host);
+# container: there or fail; here: in this process (on the host, or already in the container)
+Where = Literal["auto", "container", "here"]
+
+
 @dataclass(frozen=True)
 class Built:
     image: Path
@@ -44,10 +51,15 @@ class Built:
     kernel: Path | None = None  # for booting qemu-virt images
 
 
-def build(name: str, *, out_dir: Path = OUT) -> Built:
+def build(name: str, *, out_dir: Path = OUT, where: Where = "auto") -> Built:
+    """Build recipe `name` into out_dir; `where` matters for the offline (debian) recipes
+    only: the SDK always builds in the container, the remaster always on this host."""
     r = recipe.load(name)
-    builders = {"debian": _build_debian, "release-image": _build_remaster, "sdk": _build_sdk}
-    return builders[r.base.kind](r, Path(out_dir))
+    if r.base.kind == "debian":
+        return _build_debian(r, Path(out_dir), where)
+    if r.base.kind == "release-image":
+        return _build_remaster(r, Path(out_dir))
+    return _build_sdk(r, Path(out_dir))
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -110,11 +122,44 @@ def autostart_defaults(r: recipe.Recipe) -> bytes:
     return f"STORYTELLER_MODE={r.autostart}\nSTORYTELLER_PROMPT='{prompt}'\n".encode()
 
 
-def _manifest(r: recipe.Recipe, image: Path, digest: str, extra: dict[str, Any]) -> Path:
+def built_in(builder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where the build ran: this host, or a builder container (its image, for the manifest).
+    `builder` is container.BuilderImage's fields; default: the container we are in, if any."""
+    from .container import in_container
+
+    builder = builder or in_container()
+    if not builder:
+        return {"kind": "host", "os": _os_release(), "machine": platform.machine()}
+    return {  # the base image (Debian bookworm, see container.py) says the OS
+        "kind": "container",
+        "engine": builder["engine"],
+        "image": builder["tag"],
+        "image_id": builder["id"],
+        "stage": builder["stage"],
+        "dockerfile_sha256": builder["dockerfile_sha256"],
+        "base_image_id": builder["base_id"],
+    }
+
+
+def _os_release() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME", "")
+    except OSError:
+        return ""
+
+
+def _manifest(
+    r: recipe.Recipe,
+    image: Path,
+    digest: str,
+    extra: dict[str, Any],
+    builder: dict[str, Any] | None = None,
+) -> Path:
     data = {
         "recipe": r.name,
         "recipe_sha256": sha256_file(r.source),
         "builder": builder_revision(),
+        "built_in": built_in(builder),
         "source_date_epoch": source_date_epoch(),
         "image": {"file": image.name, "sha256": digest, "size": image.stat().st_size},
         "memory": {"ion_mb": r.ion_mb},
@@ -136,14 +181,44 @@ def _manifest(r: recipe.Recipe, image: Path, digest: str, extra: dict[str, Any])
 # --- debian: the offline qemu machine ---------------------------------------------------
 
 
-def _build_debian(r: recipe.Recipe, out: Path) -> Built:
-    from . import qemu_image, toolchain
+def _build_debian(r: recipe.Recipe, out: Path, where: Where) -> Built:
+    from .container import engine_problem, in_container
 
+    if where == "here" or in_container():
+        if where == "here" and not in_container():
+            print(f"{r.name}: building on this host, without the container", flush=True)
+        return _build_debian_here(r, out)
+    problem = engine_problem()
+    if problem is None:
+        return _build_debian_in_container(r, out)
+    if where == "container":
+        raise ImageError(
+            f"building {r.name} in the container needs a Docker or Podman engine ({problem})"
+        )
     print(
-        f"{r.name}: building on this host without a container: Debian's packages are the "
-        "only inputs, and mmdebstrap/mke2fs need no root",
+        f"{r.name}: no container engine ({problem}); building on this host by the same "
+        "steps, without the container",
         flush=True,
     )
+    return _build_debian_here(r, out)
+
+
+def _build_debian_in_container(r: recipe.Recipe, out: Path) -> Built:
+    """The same build in the Dockerfile's offline stage; the image lands in `out`."""
+    from .container import run_offline_build
+
+    manifest = run_offline_build(r, out)
+    image = manifest.with_name(f"{r.name}.img")
+    digest = sha256_file(image)
+    recorded = json.loads(manifest.read_text())["image"]["sha256"]
+    if digest != recorded:
+        raise ImageError(f"{image} has sha256 {digest}, but its manifest says {recorded}")
+    return Built(image, digest, manifest, manifest.with_name("Image"))
+
+
+def _build_debian_here(r: recipe.Recipe, out: Path) -> Built:
+    from . import qemu_image, toolchain
+
     llama2 = engine.build(r.engine_target)
     storyteller = engine.binary(r.engine_target, "storyteller")
     work = BUILD / "image" / r.name
@@ -265,8 +340,8 @@ def _build_sdk(r: recipe.Recipe, out: Path) -> Built:
 
     with tempfile.TemporaryDirectory(prefix="payload-", dir=BUILD) as tmp:
         model, tokenizer = model_for_image(r, Path(tmp))
-        image = run_sdk_build(
+        image, builder = run_sdk_build(
             r, model=model, tokenizer=tokenizer, config_text=storyteller_conf(r), out=out
         )
     digest = sha256_file(image)
-    return Built(image, digest, _manifest(r, image, digest, {}))
+    return Built(image, digest, _manifest(r, image, digest, {}, asdict(builder)))

@@ -39,6 +39,12 @@ def test_sdk_recipe_without_engine_says_what_is_missing(tmp_path):
     assert "invoke image --recipe qemu-virt-64m" in message
 
 
+def test_offline_recipe_in_the_container_without_engine_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(image.ImageError, match=r"needs a Docker or Podman engine \(none answers"):
+        image.build("qemu-virt-64m", out_dir=tmp_path, where="container")
+
+
 def test_remaster_recipe_refuses_an_unpinned_base():
     r = invoke("image", "--recipe", "duo-64m-remaster")
     assert r.returncode == 1
@@ -51,14 +57,19 @@ def test_unknown_recipe():
 
 
 @pytest.mark.slow
-def test_offline_recipe_builds_image_sha_and_manifest(tmp_path):
+def test_offline_recipe_builds_image_sha_and_manifest(tmp_path, monkeypatch, capsys):
+    # no engine answers: built on this host by the same steps, saying so in one line
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     built = image.build("qemu-virt-64m", out_dir=tmp_path)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "no container engine" in ln]
+    assert len(said) == 1 and "building on this host by the same steps" in said[0]
     assert built.image == tmp_path / "qemu-virt-64m.img"
     sha_line = (tmp_path / "qemu-virt-64m.img.sha256").read_text()
     assert sha_line == f"{built.sha256}  qemu-virt-64m.img\n"
     m = json.loads(built.manifest.read_text())
     assert m["image"]["sha256"] == built.sha256
     assert m["builder"]["commit"] and m["memory"] == {"ion_mb": 0} and m["audio"] == "none"
+    assert m["built_in"]["kind"] == "host"
     assert m["model"]["sha256"].startswith("b0a507e7")
     assert m["toolchain"]["packages"] and m["packages"]["busybox"]
     paths = {f["path"] for f in m["files"]}

@@ -101,9 +101,12 @@ def test_dockerfile_is_pinned_and_complete():
         for ln in (REPO / "Dockerfile").read_text().splitlines()
         if ln.strip() and not ln.startswith("#")
     ]
-    assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE}"
+    assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE} AS offline"
     assert ":latest" not in "\n".join(lines)
     text = "\n".join(lines)
+    offline, sdk = text.split("FROM offline AS sdk")
+    for tool in ("linux-source-6.12", "gcc-riscv64-linux-gnu", "mmdebstrap", "e2fsprogs"):
+        assert re.search(rf"\b{tool}\b", offline), f"the offline stage lacks {tool}"
     for tool in ("git", "genimage", "u-boot-tools", "python3", "cpio", "rsync"):
-        assert re.search(rf"\b{tool}\b", text), f"the builder image lacks {tool}"
+        assert re.search(rf"\b{tool}\b", sdk), f"the sdk stage lacks {tool}"
     assert "FORCE_UNSAFE_CONFIGURE=1" in text
