@@ -4,11 +4,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from duo_builder.checkpoint import Checkpoint, read_checkpoint, write_q80, write_v0, write_v1
+from duo_builder.packed import write_packed
 
 Writer = Callable[[Checkpoint, Path], Path]
 
 # Output format name -> writer. New formats only need an entry here.
+# fp32/q8/q4/faithful: the engine's packed format (engine/FORMAT.md); the others are llama2.c's.
 WRITERS: dict[str, Writer] = {
+    "fp32": lambda c, d: write_packed(c, d, "fp32"),
+    "q8": lambda c, d: write_packed(c, d, "q8"),
+    "q4": lambda c, d: write_packed(c, d, "q4"),
+    "faithful": lambda c, d: write_packed(c, d, "faithful"),
     "q80": write_q80,
     "v1": write_v1,
     "v0": write_v0,

@@ -43,7 +43,7 @@ class Target:
 
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
-STORYTELLER = ("llama2", "storyteller")
+STORYTELLER = ("llama2", "storyteller", "fidelity")
 # What a host build of the storyteller compiles against (Debian packages)
 STORYTELLER_HOST_PACKAGES = (
     "pkg-config",
@@ -95,6 +95,11 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("host", programs=STORYTELLER, about="this machine, portable kernels"),
         Target(
+            "host-static",
+            static_ldflags="-static",
+            about="this machine, llama2 linked statically as on the Duo: memory figures",
+        ),
+        Target(
             "asan",
             cflags=f"-O1 -g -fno-omit-frame-pointer {SANITIZE}",
             ldflags=SANITIZE,
@@ -104,11 +109,11 @@ TARGETS: dict[str, Target] = {
         _riscv("rv64gc", "rv64gc", qemu="rv64gc", about="riscv64 RV64GC, no vector (static)"),
         _riscv(
             "rv64gcv",
-            "rv64gcv",
+            "rv64gcv_zfh",  # Zfh as the C906: its binary16 KV cache converts in hardware
             qemu="rv64gcv",
             programs=("llama2", "storyteller"),
             kernels="rvv",
-            about="riscv64 with RVV 1.0 (llama2 static, storyteller dynamic)",
+            about="riscv64 with RVV 1.0 and Zfh (llama2 static, storyteller dynamic)",
         ),
         _riscv(
             "c906",

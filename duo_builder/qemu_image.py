@@ -583,7 +583,10 @@ def _extract_base(tarball: Path, staging: Path) -> dict[str, tuple[int, int]]:
                 continue
             owners[name] = (member.uid, member.gid)
             keep.append(member)
-        tar.extractall(staging, members=keep, numeric_owner=True, filter="fully_trusted")
+        # fully_trusted is what extractall did before filters (Python < 3.11.4, e.g. the
+        # builder container's Debian 3.11.2, which has no `filter` argument)
+        trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+        tar.extractall(staging, members=keep, numeric_owner=True, **trusted)
     return owners
 
 
@@ -735,7 +738,7 @@ def _debugfs_fixups(staging: Path, epoch: int, owners: dict[str, tuple[int, int]
 
 QEMU = "qemu-system-riscv64"
 MEMORY = "64M"
-CPU = "rv64,v=true,vlen=128,vext_spec=v1.0"
+CPU = "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true"
 RESULTS_MB = 32
 # riscv's COMMAND_LINE_SIZE is 1024; leave room for the fixed parameters
 MAX_PROMPT = 512

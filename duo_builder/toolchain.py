@@ -84,7 +84,7 @@ APT::Install-Suggests "false";
 # QEMU -cpu for each profile a riscv64 build may target (the C906's XTheadVector has none)
 QEMU_CPUS = {
     "rv64gc": "rv64",
-    "rv64gcv": "rv64,v=true,vlen=128,vext_spec=v1.0",
+    "rv64gcv": "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true",
 }
 
 # Runs as `unshare --mount --propagation private -- sh -c SCRIPT sh ROOT REPO CWD ARGV...`:

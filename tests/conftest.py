@@ -20,6 +20,20 @@ def synth15m() -> Path:
 
 
 @pytest.fixture(scope="session")
+def packed_models(synth15m, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """{(model file name, fp32|q8|q4|faithful): packed file} for stories260K and synth15m."""
+    from duo_builder.convert import convert
+
+    out = tmp_path_factory.mktemp("packed")
+    sources = {"stories260K.bin": MODELS / "stories260K.bin", "synth15m.bin": synth15m}
+    return {
+        (name, fmt): convert(src, out / f"{src.stem}-{fmt}.bin", fmt)
+        for name, src in sources.items()
+        for fmt in ("fp32", "q8", "q4", "faithful")
+    }
+
+
+@pytest.fixture(scope="session")
 def stories260k() -> tuple[Path, Path]:
     """(model, tokenizer) of the real, tiny stories260K checkpoint."""
     return MODELS / "stories260K.bin", MODELS / "tok512.bin"

@@ -76,8 +76,9 @@ int engine_generate(Engine *e, const char *prompt, PieceSink sink, void *user,
     int token = prompt_tokens[0], pos = 0;
     while (pos < e->steps) {
         float *logits = transformer_forward(&e->transformer, token, pos);
-        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1]
-                                      : sampler_sample(&e->sampler, logits);
+        int next = pos < n_prompt - 1
+                       ? prompt_tokens[pos + 1]
+                       : transformer_sample(&e->transformer, &e->sampler, logits);
         pos++;
         if (next == TOKEN_BOS) break; /* BOS delimits sequences */
         if (sink(user, tokenizer_decode(&e->tokenizer, token, next))) {
@@ -142,7 +143,7 @@ int engine_chat(Engine *e, const char *cli_user, const char *cli_system, FILE *i
         token = user_idx < n_tokens ? tokens[user_idx++] : next;
         if (token == TOKEN_EOS) user_turn = 1; /* EOS ends the assistant's turn */
         float *logits = transformer_forward(&e->transformer, token, pos);
-        next = sampler_sample(&e->sampler, logits);
+        next = transformer_sample(&e->transformer, &e->sampler, logits);
         pos++;
         if (user_idx >= n_tokens && next != TOKEN_EOS &&
             sink(user, tokenizer_decode(&e->tokenizer, token, next)))

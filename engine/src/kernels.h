@@ -31,15 +31,59 @@ void matvec_q80_aligned(float *out, const Tensor *w, const Activation *x);
 /* Row `row` of a Q8_0 matrix in fp32 (the embedding of one token). */
 void dequantize_row(float *out, const Tensor *w, size_t row);
 
-/* Per-ISA kernels: the same results as above for Q8_0; fp32 may sum in another order. */
+/* Packed row tiles (FORMAT.md): the lanes of a vector are PACK_ROWS output rows.
+ * fp32: each row summed column by column, unfused: run.c's order, bit for bit. */
+void matvec_packed_f32_ref(float *out, const Tensor *w, const float *x);
+/* q8/q4: per row and group an exact integer sum, then val += ((float)isum * s_w) * s_x. */
+void matvec_packed_q_ref(float *out, const Tensor *w, const Activation *x);
+/* Row `row` of a packed matrix in fp32 (the embedding of one token). */
+void dequantize_packed_row(float *out, const Tensor *w, size_t row);
+/* The faithful path's approximate classifier (faithful.c): packed q8 weights times an
+ * int16 activation, quantized per group of PACK_GROUP values (quantize_a16; xq padded with
+ * zeros to whole groups). Per row and group an exact int32 sum, then
+ * val += ((float)isum * s_w) * s_x in group order. Other builds may sum the groups in any
+ * order and fuse: the certified error bound covers any of them. */
+void matvec_packed_q8a16_ref(float *out, const Tensor *w, const int16_t *xq, const float *xs);
+/* Symmetric int16 per group of gs values (the last group may be short): scale max|x|/32767,
+ * q = round(x / scale), 0 where the scale is 0. */
+void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs);
+
+/* Per-ISA kernels: the same results as above for Q8_0 and packed q8/q4; fp32 may sum in
+ * another order (matvec_packed_f32 with fused = 0 may not: it is the reference's result). */
 void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_t d);
 void matvec_q80(float *out, const Tensor *w, const Activation *x);
+void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused);
+void matvec_packed_q(float *out, const Tensor *w, const Activation *x);
+/* One head's attention over positions 0..pos with the KV cache in binary16 (the packed
+ * q8/q4 paths): scores into att (pos + 1 floats), the weighted sum of values into out
+ * (head_size floats). Keys are transposed, positions contiguous per dimension: dimension
+ * i of position t at key[i * key_stride + t]; values by position: value[t * value_stride
+ * + i]. The reference's arithmetic (attention_head's order): score = sum over i ascending
+ * of q[i] * k, unfused, from 0; score /= sqrtf(head_size); softmax (ops.c); out[i] = sum
+ * over t ascending of att[t] * v, unfused, from 0. attention_f16 gives its results bit for
+ * bit on every build. */
+void attention_f16_ref(float *out, float *att, const float *q, const uint16_t *key,
+                       size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
+                       int head_size);
+void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
+                   size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
+                   int head_size);
 /* The name of the kernel set compiled in, for --version and benchmarks. */
 extern const char kernels_name[];
 
 static inline float scale_at(const unsigned char *s, size_t i) {
     float v;
     __builtin_memcpy(&v, s + 4 * i, 4);
+    return v;
+}
+
+/* A packed bf16 scale (the upper half of an fp32) as a float. */
+static inline float bf16_at(const unsigned char *s, size_t i) {
+    uint16_t h;
+    __builtin_memcpy(&h, s + 2 * i, 2);
+    uint32_t bits = (uint32_t)h << 16;
+    float v;
+    __builtin_memcpy(&v, &bits, 4);
     return v;
 }
 

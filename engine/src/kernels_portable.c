@@ -26,3 +26,32 @@ void matvec_q80(float *out, const Tensor *w, const Activation *x) {
     else
         matvec_q80_aligned(out, w, x);
 }
+
+/* Packed fp32: the reference's loop, which the compiler may contract into FMA here. */
+void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused) {
+    if (!fused) {
+        matvec_packed_f32_ref(out, w, x);
+        return;
+    }
+    const size_t n = w->cols;
+    for (size_t t = 0; t < w->tiles; t++) {
+        const float *b = (const float *)(const void *)w->p + t * n * PACK_ROWS;
+        float acc[PACK_ROWS] = {0};
+        for (size_t j = 0; j < n; j++)
+            for (size_t r = 0; r < PACK_ROWS; r++) acc[r] += b[j * PACK_ROWS + r] * x[j];
+        size_t rows = w->rows - t * PACK_ROWS < PACK_ROWS ? w->rows - t * PACK_ROWS : PACK_ROWS;
+        for (size_t r = 0; r < rows; r++) out[t * PACK_ROWS + r] = acc[r];
+    }
+}
+
+/* Packed q8/q4: integer sums vectorise as they are; the scaling must not fuse. */
+void matvec_packed_q(float *out, const Tensor *w, const Activation *x) {
+    matvec_packed_q_ref(out, w, x);
+}
+
+/* Attention over the binary16 cache: the reference (its conversions and order). */
+void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
+                   size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
+                   int head_size) {
+    attention_f16_ref(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+}

@@ -21,9 +21,15 @@ static void usage(void) {
             "  -z <string> optional path to custom tokenizer\n"
             "  -m <string> mode: generate|chat, default: generate\n"
             "  -y <string> (optional) system prompt in chat mode\n"
-            "  -k <string> compute path: ref (fp32, run.c's exact arithmetic) or fast;\n"
-            "              default: the fastest path for the file's format\n"
-            "Reads llama2.c checkpoints: v0 legacy fp32, v1 fp32, v2 Q8_0. Kernels: %s\n",
+            "  -k <string> compute path: ref (fp32, run.c's exact arithmetic), fast (fp32),\n"
+            "              quant (q8/q4/Q8_0 files; also spelled q80), faithful (faithful\n"
+            "              files: run.c's tokens from an int8 classifier with certified\n"
+            "              bounds); default: the fastest path for the file's format\n"
+            "Reads llama2.c checkpoints (v0 legacy fp32, v1 fp32, v2 Q8_0) and the engine's\n"
+            "packed fp32/q8/q4/faithful files (engine/FORMAT.md). Kernels: %s\n"
+            "LLAMA2_FAITHFUL_STATS=1 prints the faithful sampler's counters to stderr (2: and\n"
+            "the rows recomputed at each step);\n"
+            "LLAMA2_FAITHFUL_VERIFY=1 also checks every step against all logits exact.\n",
             kernels_name);
     exit(EXIT_FAILURE);
 }
@@ -88,9 +94,10 @@ int main(int argc, char **argv) {
         case 'k':
             if (strcmp(v, "ref") == 0) o.path = PATH_REF;
             else if (strcmp(v, "fast") == 0) o.path = PATH_FAST;
-            else if (strcmp(v, "q80") == 0) o.path = PATH_Q80;
+            else if (strcmp(v, "quant") == 0 || strcmp(v, "q80") == 0) o.path = PATH_QUANT;
+            else if (strcmp(v, "faithful") == 0) o.path = PATH_FAITHFUL;
             else if (strcmp(v, "auto") == 0) o.path = PATH_AUTO;
-            else die("option -k expects ref, fast, q80 or auto");
+            else die("option -k expects ref, fast, quant (or q80), faithful or auto");
             break;
         default: usage();
         }
@@ -121,6 +128,9 @@ int main(int argc, char **argv) {
     } else {
         rc = engine_chat(&engine, prompt, system_prompt, stdin, print_piece, NULL, &err);
     }
+    const char *stats = getenv("LLAMA2_FAITHFUL_STATS");
+    if (stats && *stats && engine.transformer.faithful)
+        faithful_print_stats(engine.transformer.faithful, stderr, strcmp(stats, "2") == 0);
     engine_close(&engine);
     if (rc) die(err.msg);
     if (fflush(stdout) != 0 || ferror(stdout)) die("writing the story to stdout failed");

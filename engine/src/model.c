@@ -29,6 +29,10 @@ const char *format_name(FileFormat f) {
     case FORMAT_V0: return "v0 (legacy fp32)";
     case FORMAT_V1: return "v1 (fp32)";
     case FORMAT_Q80: return "v2 (Q8_0)";
+    case FORMAT_PACKED_F32: return "packed fp32";
+    case FORMAT_PACKED_Q8: return "packed q8";
+    case FORMAT_PACKED_Q4: return "packed q4";
+    case FORMAT_PACKED_FAITHFUL: return "packed faithful (fp32 + int8 classifier)";
     }
     return "?";
 }
@@ -46,7 +50,7 @@ static int check_range(const char *path, const char *name, int v, int lo, int hi
     return 0;
 }
 
-static int validate_config(const char *path, ModelConfig *c, Error *err) {
+int model_validate_config(const char *path, const ModelConfig *c, Error *err) {
     if (check_range(path, "dim", c->dim, 1, MAX_WIDTH, err) ||
         check_range(path, "hidden_dim", c->hidden_dim, 1, MAX_WIDTH, err) ||
         check_range(path, "n_layers", c->n_layers, 1, MAX_LAYERS, err) ||
@@ -142,7 +146,7 @@ static int parse_header(const char *path, const unsigned char *p, size_t size, M
             return fail(err, "%s: shared_classifier flag is %u, expected 0 or 1", path, flag);
         c->shared_classifier = (int)flag;
     }
-    if (validate_config(path, c, err)) return -1;
+    if (model_validate_config(path, c, err)) return -1;
 
     if (c->format == FORMAT_Q80) {
         c->group_size = read_i32(p + 29);
@@ -244,10 +248,20 @@ int model_open(Model *m, const char *path, Error *err) {
         return fail(err, "%s: file is empty", path);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return fail(err, "%s: cannot map %zu bytes: %s", path, size, strerror(errno));
+    if (map == MAP_FAILED) {
+        close(fd);
+        return fail(err, "%s: cannot map %zu bytes: %s", path, size, strerror(errno));
+    }
     m->map = map;
     m->map_size = size;
+    m->fd = fd; /* kept for pread (faithful.c): file pages it reads stay out of the RSS */
+    if (packed_is_magic(map, size)) {
+        if (packed_open(m, path, err) != 0) {
+            model_close(m);
+            return -1;
+        }
+        return 0;
+    }
     if (parse_header(path, map, size, &m->cfg, err) != 0) {
         model_close(m);
         return -1;
@@ -261,8 +275,22 @@ int model_open(Model *m, const char *path, Error *err) {
     return 0;
 }
 
+size_t model_streamed_bytes(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    if (c->format >= FORMAT_PACKED_F32) return packed_streamed_bytes(m);
+    TensorSizes s = tensor_sizes(c);
+    size_t L = (size_t)c->n_layers, vocab_row = s.embedding / (size_t)c->vocab_size;
+    size_t layer = stored_bytes(c, s.wq) + 2 * stored_bytes(c, s.wkv) + stored_bytes(c, s.wo) +
+                   2 * stored_bytes(c, s.w13) + stored_bytes(c, s.w2);
+    return (2 * L * s.norms_per_layer + s.final_norm) * 4 + L * layer +
+           stored_bytes(c, s.embedding) + stored_bytes(c, vocab_row);
+}
+
 void model_close(Model *m) {
-    if (m->map) munmap(m->map, m->map_size);
+    if (m->map) {
+        munmap(m->map, m->map_size);
+        close(m->fd);
+    }
     free(m->layers);
     memset(m, 0, sizeof *m);
 }

@@ -73,3 +73,57 @@ void attention_head(float *out, float *att, const float *q, const float *key_cac
         for (int i = 0; i < head_size; i++) out[i] += a * v[i];
     }
 }
+
+uint16_t half_from_float_soft(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, mag = x & 0x7fffffffu;
+    if (mag >= 0x7f800000u) /* inf stays inf; NaN stays a (quiet) NaN */
+        return (uint16_t)(sign | 0x7c00u | (mag > 0x7f800000u ? 0x200u | ((mag >> 13) & 0x3ffu) : 0u));
+    if (mag >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past 65504 */
+    if (mag < 0x38800000u) { /* a binary16 subnormal (or zero): units of 2^-24 */
+        if (mag < 0x33000000u) return (uint16_t)sign; /* below half the smallest: 0 */
+        uint32_t e = mag >> 23, m = (mag & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e; /* value = m * 2^(e - 150); units of 2^-24: m >> (126 - e) */
+        uint32_t q = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        q += rest > half || (rest == half && (q & 1u));
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = ((mag >> 13) - (112u << 10)), rest = mag & 0x1fffu;
+    q += rest > 0x1000u || (rest == 0x1000u && (q & 1u)); /* may carry into the exponent */
+    return (uint16_t)(sign | q);
+}
+
+/* The 15 bits below the sign, placed under fp32's exponent and mantissa and scaled by
+ * 2^112, are the value exactly (binary16 subnormals become normal fp32 numbers; a power
+ * of two scaling is exact), branch-free so loops over the cache vectorise. */
+float half_to_float_soft(uint16_t h) {
+    uint32_t mag = (uint32_t)(h & 0x7fffu) << 13, bits;
+    float f;
+    memcpy(&f, &mag, 4);
+    f *= 0x1p112f;
+    memcpy(&bits, &f, 4);
+    if ((h & 0x7c00u) == 0x7c00u) bits = 0x7f800000u | (mag & 0x7fffffu); /* inf, NaN */
+    bits |= (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* _Float16 only where the hardware converts (the C906's Zfh, x86's F16C, Armv8): elsewhere
+ * gcc calls libgcc for every conversion, slower than the integer code above. */
+#if defined(__FLT16_MAX__) && (defined(__riscv_zfh) || defined(__F16C__) || defined(__aarch64__))
+uint16_t half_from_float(float f) {
+    _Float16 h = (_Float16)f;
+    uint16_t bits;
+    memcpy(&bits, &h, 2);
+    return bits;
+}
+float half_to_float(uint16_t bits) {
+    _Float16 h;
+    memcpy(&h, &bits, 2);
+    return (float)h;
+}
+#else
+uint16_t half_from_float(float f) { return half_from_float_soft(f); }
+float half_to_float(uint16_t h) { return half_to_float_soft(h); }
+#endif

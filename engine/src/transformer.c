@@ -10,9 +10,20 @@ const char *path_name(ComputePath p) {
     case PATH_AUTO: return "auto";
     case PATH_REF: return "ref";
     case PATH_FAST: return "fast";
-    case PATH_Q80: return "q80";
+    case PATH_QUANT: return "quant";
+    case PATH_FAITHFUL: return "faithful";
     }
     return "?";
+}
+
+/* The packed quantized formats keep the KV cache in binary16: with 8- or 4-bit weights
+ * the cache is a large part of the memory and of the bytes read per token (3.5 MB and
+ * ~1.8 MB/token in fp32 for stories15M's 256 positions). llama2.c's formats keep fp32,
+ * so their paths stay run.c's and runq.c's. Per layer, keys are transposed
+ * ([kv_dim][max_pos]: one dimension's positions contiguous, vector lanes for the scores),
+ * values are [max_pos][kv_dim] (kernels.h, attention_f16). */
+static int half_kv_cache(const ModelConfig *c) {
+    return c->format == FORMAT_PACKED_Q8 || c->format == FORMAT_PACKED_Q4;
 }
 
 static void *alloc_floats(size_t n, int *failed) {
@@ -24,13 +35,19 @@ static void *alloc_floats(size_t n, int *failed) {
 int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_pos, Error *err) {
     memset(t, 0, sizeof *t);
     const ModelConfig *c = &m->cfg;
-    int quantized = c->format == FORMAT_Q80;
-    if (path == PATH_AUTO) path = quantized ? PATH_Q80 : PATH_FAST;
-    if (quantized && path != PATH_Q80)
-        return fail(err, "the %s path needs an fp32 checkpoint (v0 or v1); this one is Q8_0",
-                    path_name(path));
-    if (!quantized && path == PATH_Q80)
-        return fail(err, "the q80 path needs a Q8_0 checkpoint; convert it first");
+    int quantized = c->format == FORMAT_Q80 || c->format == FORMAT_PACKED_Q8 ||
+                    c->format == FORMAT_PACKED_Q4;
+    int faithful = c->format == FORMAT_PACKED_FAITHFUL;
+    if (path == PATH_AUTO) path = quantized ? PATH_QUANT : faithful ? PATH_FAITHFUL : PATH_FAST;
+    if (path == PATH_FAITHFUL && !faithful)
+        return fail(err, "the faithful path needs a faithful file; this one is %s (convert it "
+                    "with `invoke convert --format faithful`)", format_name(c->format));
+    if (quantized && path != PATH_QUANT)
+        return fail(err, "the %s path needs an fp32 checkpoint; this one is %s",
+                    path_name(path), format_name(c->format));
+    if (!quantized && path == PATH_QUANT)
+        return fail(err, "the quantized path needs a q8/q4/Q8_0 checkpoint; this one is %s "
+                    "(convert it with `invoke convert --format q8`)", format_name(c->format));
     if (max_pos < 1 || max_pos > c->seq_len) max_pos = c->seq_len;
     t->model = m;
     t->path = path;
@@ -53,12 +70,29 @@ int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_p
     s->att = alloc_floats((size_t)c->n_heads * (size_t)max_pos, &failed);
     s->logits = alloc_floats((size_t)c->vocab_size, &failed);
     s->rope = alloc_floats(dim / (size_t)c->n_heads, &failed);
-    s->key_cache = alloc_floats(cache, &failed);
-    s->value_cache = alloc_floats(cache, &failed);
+    if (half_kv_cache(c)) {
+        s->key_cache16 = calloc(cache ? cache : 1, sizeof(uint16_t));
+        s->value_cache16 = calloc(cache ? cache : 1, sizeof(uint16_t));
+        s->k = alloc_floats(kv_dim, &failed);
+        s->v = alloc_floats(kv_dim, &failed);
+        if (!s->key_cache16 || !s->value_cache16) failed = 1;
+    } else {
+        s->key_cache = alloc_floats(cache, &failed);
+        s->value_cache = alloc_floats(cache, &failed);
+    }
     if (quantized) {
-        s->xq = calloc(widest, 1);
+        /* packed matrices read whole groups: the activation is padded to them */
+        size_t padded = (widest + PACK_GROUP - 1) / PACK_GROUP * PACK_GROUP;
+        s->xq = calloc(padded, 1);
         s->xs = alloc_floats(widest, &failed); /* groups of >= 1 value */
         if (!s->xq) failed = 1;
+    }
+    if (path == PATH_FAITHFUL && !failed) {
+        t->faithful = faithful_new(m, err);
+        if (!t->faithful) {
+            transformer_free(t);
+            return -1;
+        }
     }
     if (failed) {
         transformer_free(t);
@@ -71,17 +105,21 @@ int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_p
 void transformer_free(Transformer *t) {
     RunState *s = &t->s;
     float *bufs[] = {s->x, s->xb, s->xb2, s->hb, s->hb2, s->q, s->att,
-                     s->logits, s->rope, s->key_cache, s->value_cache, s->xs};
+                     s->logits, s->rope, s->key_cache, s->value_cache, s->xs, s->k, s->v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(s->key_cache16);
+    free(s->value_cache16);
     free(s->xq);
     memset(s, 0, sizeof *s);
+    faithful_free(t->faithful);
+    t->faithful = NULL;
 }
 
 /* A matrix's input: quantized once when the weights are Q8_0, shared by the matrices
  * that read the same vector (wq/wk/wv, w1/w3). */
 static Activation activation(Transformer *t, const float *x, size_t n) {
     Activation a = {.f = x, .n = n};
-    if (t->path == PATH_Q80) {
+    if (t->path == PATH_QUANT) {
         a.q = t->s.xq;
         a.s = t->s.xs;
         a.group_size = (size_t)t->model->cfg.group_size;
@@ -91,10 +129,18 @@ static Activation activation(Transformer *t, const float *x, size_t n) {
 }
 
 static void matvec(Transformer *t, float *out, const Tensor *w, const Activation *a) {
-    switch (t->path) {
-    case PATH_REF: matvec_f32_ref(out, w->f, a->f, w->cols, w->rows); break;
-    case PATH_Q80: matvec_q80(out, w, a); break;
-    default: matvec_f32_fast(out, w->f, a->f, w->cols, w->rows); break;
+    switch (w->type) {
+    case TENSOR_PF32:
+        if (t->path == PATH_REF) matvec_packed_f32_ref(out, w, a->f);
+        else matvec_packed_f32(out, w, a->f, t->path != PATH_FAITHFUL); /* unfused = ref */
+        return;
+    case TENSOR_PQ8:
+    case TENSOR_PQ4: matvec_packed_q(out, w, a); return;
+    case TENSOR_Q80: matvec_q80(out, w, a); return;
+    case TENSOR_F32:
+        if (t->path == PATH_REF) matvec_f32_ref(out, w->f, a->f, w->cols, w->rows);
+        else matvec_f32_fast(out, w->f, a->f, w->cols, w->rows);
+        return;
     }
 }
 
@@ -107,18 +153,25 @@ float *transformer_forward(Transformer *t, int token, int pos) {
     int kv_dim = head_size * p->n_kv_heads, kv_mul = p->n_heads / p->n_kv_heads;
     size_t layer_cache = (size_t)t->max_pos * (size_t)kv_dim;
 
-    if (m->embedding.type == TENSOR_Q80)
+    if (t->path == PATH_FAITHFUL)
+        faithful_embed(t->faithful, m, token, x); /* read, not mapped: see faithful.c */
+    else if (m->embedding.type == TENSOR_Q80)
         dequantize_row(x, &m->embedding, (size_t)token); /* one row, never the whole table */
+    else if (m->embedding.type != TENSOR_F32)
+        dequantize_packed_row(x, &m->embedding, (size_t)token);
     else
         memcpy(x, m->embedding.f + (size_t)token * (size_t)dim, (size_t)dim * sizeof *x);
     rope_table(s->rope, pos, head_size);
 
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
-        float *key_cache = s->key_cache + (size_t)l * layer_cache;
-        float *value_cache = s->value_cache + (size_t)l * layer_cache;
-        float *k = key_cache + (size_t)pos * (size_t)kv_dim;
-        float *v = value_cache + (size_t)pos * (size_t)kv_dim;
+        int half = s->key_cache16 != NULL;
+        float *key_cache = half ? NULL : s->key_cache + (size_t)l * layer_cache;
+        float *value_cache = half ? NULL : s->value_cache + (size_t)l * layer_cache;
+        float *k = half ? s->k : key_cache + (size_t)pos * (size_t)kv_dim;
+        float *v = half ? s->v : value_cache + (size_t)pos * (size_t)kv_dim;
+        uint16_t *key16 = half ? s->key_cache16 + (size_t)l * layer_cache : NULL;
+        uint16_t *value16 = half ? s->value_cache16 + (size_t)l * layer_cache : NULL;
 
         rmsnorm(s->xb, x, w->rms_att, dim);
         Activation a = activation(t, s->xb, (size_t)dim);
@@ -126,12 +179,23 @@ float *transformer_forward(Transformer *t, int token, int pos) {
         matvec(t, k, &w->wk, &a);
         matvec(t, v, &w->wv, &a);
         rope_rotate(s->q, k, s->rope, dim, kv_dim, head_size);
+        if (half)
+            for (int i = 0; i < kv_dim; i++) {
+                key16[(size_t)i * (size_t)t->max_pos + (size_t)pos] = half_from_float(k[i]);
+                value16[(size_t)pos * (size_t)kv_dim + (size_t)i] = half_from_float(v[i]);
+            }
 
         for (int h = 0; h < p->n_heads; h++) {
             size_t kv_off = (size_t)(h / kv_mul) * (size_t)head_size;
-            attention_head(s->xb + h * head_size, s->att + (size_t)h * (size_t)t->max_pos,
-                           s->q + h * head_size, key_cache + kv_off, value_cache + kv_off, pos,
-                           head_size, (size_t)kv_dim);
+            float *att = s->att + (size_t)h * (size_t)t->max_pos;
+            if (half)
+                attention_f16(s->xb + h * head_size, att, s->q + h * head_size,
+                              key16 + kv_off * (size_t)t->max_pos, (size_t)t->max_pos,
+                              value16 + kv_off, (size_t)kv_dim, pos, head_size);
+            else
+                attention_head(s->xb + h * head_size, att, s->q + h * head_size,
+                               key_cache + kv_off, value_cache + kv_off, pos, head_size,
+                               (size_t)kv_dim);
         }
         a = activation(t, s->xb, (size_t)dim);
         matvec(t, s->xb2, &w->wo, &a);
@@ -148,6 +212,12 @@ float *transformer_forward(Transformer *t, int token, int pos) {
     }
     rmsnorm(x, x, m->rms_final, dim);
     Activation a = activation(t, x, (size_t)dim);
-    matvec(t, s->logits, &m->classifier, &a);
+    if (t->path == PATH_FAITHFUL) faithful_classify(t->faithful, m, x, s->logits);
+    else matvec(t, s->logits, &m->classifier, &a);
     return s->logits;
+}
+
+int transformer_sample(Transformer *t, Sampler *s, float *logits) {
+    if (t->path == PATH_FAITHFUL) return faithful_sample(t->faithful, t->model, s, logits);
+    return sampler_sample(s, logits);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../include/llama2.h"
+#include "../src/ops.h"
 
 #include "check.h"
 
@@ -117,6 +118,54 @@ static void test_sampler(void) {
     sampler_free(&s);
 }
 
+/* The compiler's own binary16 conversions, where it has the type, as the reference. */
+#if defined(__FLT16_MAX__)
+static float ref_half_to_float(uint16_t bits) {
+    _Float16 h;
+    memcpy(&h, &bits, 2);
+    return (float)h;
+}
+static uint16_t ref_half_from_float(float f) {
+    _Float16 h = (_Float16)f;
+    uint16_t bits;
+    memcpy(&bits, &h, 2);
+    return bits;
+}
+#else
+#define ref_half_to_float half_to_float
+#define ref_half_from_float half_from_float
+#endif
+
+/* The integer binary16 conversions give the compiler's _Float16 bits (used where the
+ * hardware converts; the integer code serves everything else, vendor compilers too). */
+static void test_half(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = half_to_float_soft((uint16_t)h), b = ref_half_to_float((uint16_t)h);
+        int nan = ((h >> 10) & 31) == 31 && (h & 0x3ff);
+        if (nan ? !(isnan(a) && isnan(b)) : memcmp(&a, &b, 4) != 0) bad++;
+        if (!nan && half_from_float_soft(a) != h) bad++; /* round trip */
+    }
+    CHECK(bad == 0, "binary16 -> fp32: %d mismatches", bad);
+    bad = 0;
+    unsigned long long state = 7;
+    for (int i = 0; i < 2000000; i++) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        uint32_t bits = (uint32_t)(state >> 17);
+        float f;
+        memcpy(&f, &bits, 4);
+        if (isnan(f)) continue;
+        if (half_from_float_soft(f) != ref_half_from_float(f)) bad++;
+    }
+    const float edges[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 1e9f, -1e9f, 0x1p-24f,
+                           0x1p-25f, 0x1.0001p-25f, 0x1.8p-24f, 0x1p-14f, 0x1.ffcp-15f,
+                           0x1.ffep-15f, 1.0009765625f, 1.00048828125f, 1.000732421875f,
+                           INFINITY, -INFINITY, 1e-40f};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        if (half_from_float_soft(edges[i]) != ref_half_from_float(edges[i])) bad++;
+    CHECK(bad == 0, "fp32 -> binary16: %d mismatches", bad);
+}
+
 static void test_utf8(void) {
     CHECK(utf8_invalid_at("Once upon a time") == 0, "ascii");
     CHECK(utf8_invalid_at("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x90\x89") == 0, "valid multibyte");
@@ -133,5 +182,6 @@ int main(void) {
     test_f32_fast();
     test_sampler();
     test_utf8();
+    test_half();
     return report();
 }

@@ -1,0 +1,274 @@
+"""The engine's packed model format (engine/FORMAT.md): row tiles, page-aligned sections.
+
+A packed matrix keeps TILE_ROWS rows side by side, column after column, so the engine's
+vector kernels accumulate TILE_ROWS outputs in the lanes of one register and never reduce.
+q8/q4 add one bf16 scale per row and group of GROUP_SIZE columns. A faithful file is the
+fp32 one plus an int8 copy of the classifier with the norms that bound its error (section
+KIND_CLASSIFIER_Q8), for the engine's certified sampler (-k faithful).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from duo_builder.checkpoint import Checkpoint, CheckpointError, Config, tensor_shapes
+from duo_builder.fsutil import atomic_writer
+
+MAGIC = b"DUOPACK\0"
+VERSION = 1
+TILE_ROWS = 16
+GROUP_SIZE = 32
+PAGE = 4096
+TABLE_OFFSET = 128
+SECTION = struct.Struct("<IIQQ")  # kind, layer, offset, bytes
+
+Weights = Literal["fp32", "q8", "q4", "faithful"]
+WEIGHT_CODES: dict[str, int] = {"fp32": 1, "q8": 2, "q4": 3, "faithful": 4}
+QMAX = {"q8": 127, "q4": 7}
+
+KIND_NORMS, KIND_EMBEDDING, KIND_CLASSIFIER, KIND_CLASSIFIER_Q8 = 1, 2, 10, 11
+FAITHFUL_TRAILER = 16  # section 11 ends with the fp32 bound on the int8 rows' norms
+LAYER_KINDS = {"wq": 3, "wk": 4, "wv": 5, "wo": 6, "w1": 7, "w2": 8, "w3": 9}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _align(n: int) -> int:
+    return _ceil_div(n, PAGE) * PAGE
+
+
+def packed_bytes(weights: Weights, rows: int, cols: int) -> int:
+    """Bytes of one packed (rows x cols) matrix."""
+    tiles = _ceil_div(rows, TILE_ROWS)
+    if weights in ("fp32", "faithful"):
+        return tiles * cols * TILE_ROWS * 4
+    groups = _ceil_div(cols, GROUP_SIZE)
+    per_value = 1 if weights == "q8" else 0.5
+    return tiles * groups * (int(TILE_ROWS * GROUP_SIZE * per_value) + 2 * TILE_ROWS)
+
+
+@dataclass(frozen=True)
+class Section:
+    kind: int
+    layer: int
+    rows: int  # 0 for the norms section
+    cols: int
+    bytes: int
+
+
+def classifier_q8_bytes(rows: int, cols: int) -> int:
+    """Section 11 of a faithful file: the q8 blocks, one fp32 residual norm per padded
+    row, the trailer."""
+    return packed_bytes("q8", rows, cols) + _ceil_div(rows, TILE_ROWS) * TILE_ROWS * 4 + 16
+
+
+def sections(cfg: Config, weights: Weights) -> list[Section]:
+    """Every section in file order, with its size (offsets come from layout())."""
+    shapes = tensor_shapes(cfg)
+    norms = (2 * cfg.n_layers * cfg.dim + cfg.dim) * 4
+    out = [Section(KIND_NORMS, 0, 0, 0, norms)]
+
+    def matrix(kind: int, layer: int, rows: int, cols: int) -> Section:
+        return Section(kind, layer, rows, cols, packed_bytes(weights, rows, cols))
+
+    if not cfg.shared_classifier:
+        out.append(matrix(KIND_EMBEDDING, 0, cfg.vocab_size, cfg.dim))
+    for layer in range(cfg.n_layers):
+        for name, kind in LAYER_KINDS.items():
+            _, rows, cols = shapes[name]
+            out.append(matrix(kind, layer, rows, cols))
+    out.append(matrix(KIND_CLASSIFIER, 0, cfg.vocab_size, cfg.dim))
+    if weights == "faithful":
+        q8 = classifier_q8_bytes(cfg.vocab_size, cfg.dim)
+        out.append(Section(KIND_CLASSIFIER_Q8, 0, cfg.vocab_size, cfg.dim, q8))
+    return out
+
+
+def layout(cfg: Config, weights: Weights) -> tuple[list[tuple[Section, int]], int]:
+    """(section, offset) pairs and the file size."""
+    secs = sections(cfg, weights)
+    offset = _align(TABLE_OFFSET + SECTION.size * len(secs))
+    placed = []
+    for s in secs:
+        placed.append((s, offset))
+        end = offset + s.bytes
+        offset = _align(end)
+    return placed, end
+
+
+def header(cfg: Config, weights: Weights) -> bytes:
+    placed, _ = layout(cfg, weights)
+    head = MAGIC + struct.pack(
+        "<2i7i4i",
+        VERSION,
+        WEIGHT_CODES[weights],
+        *cfg.params(),
+        int(cfg.shared_classifier),
+        TILE_ROWS,
+        GROUP_SIZE if weights in ("q8", "q4") else 0,
+        len(placed),
+    )
+    head = head.ljust(TABLE_OFFSET, b"\0")
+    for s, offset in placed:
+        head += SECTION.pack(s.kind, s.layer, offset, s.bytes)
+    return head.ljust(placed[0][1], b"\0")
+
+
+def streamed_bytes_per_token(cfg: Config, weights: Weights) -> int:
+    """Weight bytes one token reads: every layer matrix and the classifier (the embedding
+    contributes one row, counted here as a whole tile-row of groups). A faithful file's
+    token reads the int8 classifier; the fp32 tiles its sampler recomputes come on top."""
+    secs = sections(cfg, weights)
+    skip = {KIND_NORMS, KIND_EMBEDDING} | ({KIND_CLASSIFIER} if weights == "faithful" else set())
+    mats = sum(s.bytes for s in secs if s.kind not in skip)
+    return mats + secs[0].bytes
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def _pad(w: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), dtype=np.float32)
+    out[: w.shape[0], : w.shape[1]] = w
+    return out
+
+
+def bf16_round_up(s: np.ndarray) -> np.ndarray:
+    """The smallest bf16 >= s (s >= 0, finite), as float32: quantized values never clip."""
+    bits = np.ascontiguousarray(s, dtype="<f4").view("<u4")
+    low = bits & np.uint32(0xFFFF)
+    up = (bits & np.uint32(0xFFFF0000)) + np.where(low != 0, np.uint32(0x10000), np.uint32(0))
+    return up.astype("<u4").view("<f4")
+
+
+def quantize_groups(w: np.ndarray, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
+    """(q int8 (rows, cols_padded), bf16-exact scales float32 (rows, groups)) per row and
+    group of GROUP_SIZE columns; zero columns pad the last group."""
+    rows, cols = w.shape
+    groups = _ceil_div(cols, GROUP_SIZE)
+    g = _pad(w, rows, groups * GROUP_SIZE).reshape(rows, groups, GROUP_SIZE)
+    qmax = np.float32(QMAX[weights])
+    scale = bf16_round_up(np.abs(g).max(axis=2) / qmax)
+    safe = np.where(scale == 0, np.float32(1.0), scale)
+    q = np.clip(np.round(g / safe[:, :, None]), -qmax, qmax).astype(np.int8)
+    return q.reshape(rows, groups * GROUP_SIZE), scale
+
+
+def pack_matrix(w: np.ndarray, weights: Weights) -> bytes:
+    """One matrix in the packed layout of FORMAT.md."""
+    w = np.asarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    tiles = _ceil_div(rows, TILE_ROWS)
+    if weights in ("fp32", "faithful"):
+        t = _pad(w, tiles * TILE_ROWS, cols).reshape(tiles, TILE_ROWS, cols)
+        return np.ascontiguousarray(t.transpose(0, 2, 1), dtype="<f4").tobytes()
+    q, scale = quantize_groups(w, weights)
+    groups = scale.shape[1]
+    q = np.concatenate([q, np.zeros((tiles * TILE_ROWS - rows, q.shape[1]), np.int8)])
+    scale = np.concatenate([scale, np.zeros((tiles * TILE_ROWS - rows, groups), np.float32)])
+    # (tile, group, column-in-group, row-in-tile)
+    blocks = q.reshape(tiles, TILE_ROWS, groups, GROUP_SIZE).transpose(0, 2, 3, 1)
+    if weights == "q4":
+        nib = (blocks.astype(np.uint8) & np.uint8(0x0F)).reshape(
+            tiles, groups, GROUP_SIZE // 2, 2, TILE_ROWS
+        )
+        blocks = (nib[:, :, :, 0, :] | (nib[:, :, :, 1, :] << np.uint8(4))).astype(np.uint8)
+    body = np.ascontiguousarray(blocks).view(np.uint8).reshape(tiles, groups, -1)
+    bf16 = (np.ascontiguousarray(scale, dtype="<f4").view("<u4") >> np.uint32(16)).astype("<u2")
+    scales = np.ascontiguousarray(bf16.reshape(tiles, TILE_ROWS, groups).transpose(0, 2, 1))
+    return np.concatenate([body, scales.view(np.uint8)], axis=2).tobytes()
+
+
+def float32_up(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= x (x float64, finite)."""
+    f = np.asarray(x, dtype=np.float64).astype(np.float32)
+    return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f)
+
+
+def classifier_q8(w: np.ndarray) -> bytes:
+    """Section 11 of a faithful file (FORMAT.md): the classifier as packed q8, then per
+    row an fp32 upper bound on the 2-norm of its quantization residual w - q s, then the
+    fp32 upper bound on every int8 row's 2-norm |q s| and 12 zero bytes. The engine bounds
+    every logit's error with them."""
+    w = np.asarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    q, scale = quantize_groups(w, "q8")
+    groups = scale.shape[1]
+    # q s is exact in float64 (8-bit by 8-bit mantissas), and so is w - q s
+    what = (q.astype(np.float64).reshape(rows, groups, GROUP_SIZE) * scale[:, :, None]).reshape(
+        rows, -1
+    )[:, :cols]
+    resid = w.astype(np.float64) - what
+    margin = 1 + 1e-12  # float64 sums and square roots: relative error far below this
+    nr = float32_up(np.sqrt(np.square(resid).sum(axis=1)) * margin)
+    nq = float32_up(np.sqrt(np.square(what).sum(axis=1)).max(initial=0.0) * margin)
+    norms = np.zeros(_ceil_div(rows, TILE_ROWS) * TILE_ROWS, "<f4")
+    norms[:rows] = nr
+    trailer = np.asarray(nq, "<f4").tobytes().ljust(FAITHFUL_TRAILER, b"\0")
+    return pack_matrix(w, "q8") + norms.tobytes() + trailer
+
+
+def write_packed(ckpt: Checkpoint, dst: Path | str, weights: Weights) -> Path:
+    """Write `ckpt` (fp32) as a packed file; atomic."""
+    if ckpt.format == "q80":
+        raise CheckpointError(f"{ckpt.origin}: packing needs an fp32 (v0/v1) checkpoint, got Q8_0")
+    cfg = ckpt.config
+    for name, shape in tensor_shapes(cfg).items():
+        got = tuple(np.shape(ckpt.fp32(name)))
+        if got != shape:
+            raise CheckpointError(f"{ckpt.origin}: tensor {name} has shape {got}, expected {shape}")
+    placed, size = layout(cfg, weights)
+    dst = Path(dst)
+    with atomic_writer(dst) as f:
+        f.write(header(cfg, weights))
+        for s, offset in placed:
+            f.write(b"\0" * (offset - f.tell()))
+            if s.kind == KIND_NORMS:
+                for name in ("rms_att", "rms_ffn", "rms_final"):
+                    f.write(np.ascontiguousarray(ckpt.fp32(name), dtype="<f4").tobytes())
+                continue
+            if s.kind == KIND_EMBEDDING:
+                w = ckpt.fp32("tok_embeddings")
+            elif s.kind in (KIND_CLASSIFIER, KIND_CLASSIFIER_Q8):
+                w = ckpt.fp32("tok_embeddings" if cfg.shared_classifier else "wcls")
+            else:
+                name = next(n for n, k in LAYER_KINDS.items() if k == s.kind)
+                w = ckpt.fp32(name)[s.layer]
+            data = classifier_q8(w) if s.kind == KIND_CLASSIFIER_Q8 else pack_matrix(w, weights)
+            assert len(data) == s.bytes, (s, len(data))
+            f.write(data)
+        assert f.tell() == size
+    return dst
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def unpack_matrix(data: bytes, weights: Weights, rows: int, cols: int) -> np.ndarray:
+    """The fp32 values a packed matrix stands for (for tests and fidelity reports)."""
+    tiles = _ceil_div(rows, TILE_ROWS)
+    if weights in ("fp32", "faithful"):
+        t = np.frombuffer(data, "<f4").reshape(tiles, cols, TILE_ROWS).transpose(0, 2, 1)
+        return t.reshape(-1, cols)[:rows].copy()
+    groups = _ceil_div(cols, GROUP_SIZE)
+    raw = np.frombuffer(data, np.uint8).reshape(tiles, groups, -1)
+    body, sc = raw[:, :, : -2 * TILE_ROWS], raw[:, :, -2 * TILE_ROWS :]
+    if weights == "q4":
+        b = body.reshape(tiles, groups, GROUP_SIZE // 2, TILE_ROWS)
+        lo = ((b & 0x0F).astype(np.int8) << 4) >> 4
+        hi = b.view(np.int8) >> 4
+        q = np.stack([lo, hi], axis=3).reshape(tiles, groups, GROUP_SIZE, TILE_ROWS)
+    else:
+        q = body.view(np.int8).reshape(tiles, groups, GROUP_SIZE, TILE_ROWS)
+    s16 = np.ascontiguousarray(sc).view("<u2").reshape(tiles, groups, TILE_ROWS)
+    s = (s16.astype("<u4") << np.uint32(16)).view("<f4")
+    w = q.astype(np.float32) * s[:, :, None, :]  # (tile, group, col, row)
+    w = w.transpose(0, 3, 1, 2).reshape(tiles * TILE_ROWS, groups * GROUP_SIZE)
+    return w[:rows, :cols].copy()

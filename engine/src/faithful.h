@@ -1,0 +1,98 @@
+/* -k faithful: fp32 run.c's story at int8 speed (faithful.c).
+ *
+ * The layers run in run.c's exact arithmetic, so the final hidden state x is run.c's. The
+ * classifier is read in int8 (a faithful file's section 11, FORMAT.md) and every logit
+ * comes with a rigorous interval that contains run.c's fp32 logit. The sampler then
+ * decides run.c's token on those intervals; where they cannot decide it, the rows that
+ * matter are recomputed exactly (run.c's arithmetic on their fp32 tiles), widening until
+ * the token is proved or every logit is exact and run.c's own sampler runs. */
+#ifndef LLAMA2_FAITHFUL_H
+#define LLAMA2_FAITHFUL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "error.h"
+#include "model.h"
+#include "sampler.h"
+
+/* lo[i] <= run.c's logit i <= hi[i] (before the temperature); exact[i] != 0 when
+ * lo[i] == hi[i] is run.c's value itself. */
+typedef struct {
+    int n;
+    float *lo, *hi;
+    unsigned char *exact;
+} LogitBounds;
+
+typedef enum {
+    FAITHFUL_TOKEN,  /* *token is the token run.c picks */
+    FAITHFUL_REFINE, /* make the rows listed in refine[] exact, then decide again */
+    FAITHFUL_EXACT,  /* only every logit exact decides: run.c's sampler on them */
+} FaithfulVerdict;
+
+typedef struct FaithfulWork FaithfulWork;
+FaithfulWork *faithful_work_new(int n);
+void faithful_work_free(FaithfulWork *w);
+
+/* run.c's decision (sampler.c: temperature, softmax, top-p or multinomial, or argmax at
+ * temperature 0) for every logit vector inside the bounds, with the coin run.c would
+ * draw (ignored at temperature 0). On FAITHFUL_REFINE, refine (n + 1 entries) gets the
+ * rows to make exact (whole tiles of PACK_ROWS rows are meant) and *n_refine their count;
+ * `effort` counts the rounds so far and widens the batches chosen to narrow the softmax's
+ * denominator, `budget` is how many tiles the caller can still afford for that (beyond
+ * it: FAITHFUL_EXACT). */
+FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float topp, float coin,
+                                int effort, int budget, FaithfulWork *w, int *token,
+                                int *refine, int *n_refine);
+
+/* run.c's sampler on exact logits with the coin already drawn (sampler_sample without
+ * the draw): scales and softmaxes `logits` in place. */
+int faithful_exact_sample(float *logits, int n, float temperature, float topp, float coin,
+                          ProbIndex *probindex);
+
+/* Counters over the sampled positions of a run (bench figures). */
+typedef struct {
+    long steps;          /* positions sampled */
+    long by_bounds;      /* decided with no row recomputed */
+    long full;           /* needed every logit exact */
+    long rows;           /* rows recomputed exactly, in all */
+    long tiles;          /* fp32 tiles read for them */
+    double bytes;        /* weight bytes read by the sampled positions */
+    long violations;     /* LLAMA2_FAITHFUL_VERIFY: logits outside their bounds */
+    long mismatches;     /* ... and decisions that differ from run.c's sampler */
+    int *rows_per_step;  /* rows recomputed at each sampled position */
+    long capacity;
+} FaithfulStats;
+
+/* The faithful path's state, owned by a Transformer (transformer.c). */
+typedef struct {
+    LogitBounds b;
+    int16_t *xq; /* the final hidden state in int16, padded to whole groups */
+    float *xs;
+    const float *x; /* the final hidden state of the last forward pass (run.c's) */
+    unsigned char *tile_exact;
+    int *refine;
+    FaithfulWork *work;
+    size_t tiles, tile_bytes, base_bytes, page;
+    int fd;             /* the model file, for pread; -1: read the mapping */
+    unsigned char *buf; /* buf_tiles fp32 tiles read from the file */
+    size_t buf_tiles;
+    size_t touched; /* fp32 classifier bytes read from the mapping since last released */
+    int verify;     /* LLAMA2_FAITHFUL_VERIFY set: check every step against run.c's sampler */
+    FaithfulStats stats;
+} Faithful;
+
+Faithful *faithful_new(const Model *m, Error *err);
+void faithful_free(Faithful *f);
+/* Approximate logits into `logits` and their bounds, for the final hidden state x (kept:
+ * it must stay valid until faithful_sample). */
+void faithful_classify(Faithful *f, const Model *m, const float *x, float *logits);
+/* The embedding of `token` (run.c's fp32 row), read like the recomputed tiles. */
+void faithful_embed(Faithful *f, const Model *m, int token, float *x);
+/* run.c's next token: the certified decision, recomputing rows as needed. `logits` is
+ * scratch for the exact fallback (vocab_size floats). */
+int faithful_sample(Faithful *f, const Model *m, Sampler *s, float *logits);
+/* One line of counters; with per_step, a second line: the rows recomputed at each step. */
+void faithful_print_stats(const Faithful *f, FILE *out, int per_step);
+
+#endif
