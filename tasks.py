@@ -73,8 +73,16 @@ def story(
         raise Exit(code=result.exited)
 
 
-@task(help={"src": "fp32 checkpoint (v0/v1)", "dst": "output file", "format": "q80, v1 or v0"})
-def convert(c: Context, src: str, dst: str, format: str = "q80") -> None:
+@task(
+    help={
+        "src": "fp32 checkpoint (v0/v1)",
+        "dst": "output file",
+        "format": "q8, q4, fp32 or faithful (the engine's packed format, engine/FORMAT.md; "
+        "faithful: fp32 + an int8 classifier for -k faithful); q80 (llama2.c v2, runq.c's), "
+        "v1 or v0",
+    }
+)
+def convert(c: Context, src: str, dst: str, format: str = "q8") -> None:
     """Convert a checkpoint to another format (atomic: dst appears only when complete)."""
     from duo_builder.checkpoint import CheckpointError
     from duo_builder.convert import convert as do_convert
@@ -118,18 +126,60 @@ def test(c: Context, k: str = "") -> None:
 @task(
     help={
         "runs": "runs per path (the contest uses 30)",
-        "model": "fp32 checkpoint (default: synth15m, generated if needed)",
+        "model": "fp32 checkpoint (default: synth15m, generated if needed; its Q8_0 "
+        "conversion is made too)",
         "tokenizer": "its tokenizer (default: the bundled 32000-token one)",
+        "riscv": "instead: modelled Milk-V Duo speed from instruction counts under QEMU "
+        "(engine/CYCLE_MODEL.md)",
+        "models": "with --riscv: more model files (PATH[,PATH...]), each on the engine's "
+        "default path for its format",
+        "target": "with --riscv: the riscv64 build to count (default rv64gcv)",
+        "fidelity": "instead: each fast format's stories and next-token distributions "
+        "against the fp32 reference (stories260K and synth15m, --seeds seeds)",
+        "seeds": "with --fidelity: seeds per format (default 20)",
+        "faithful": "instead: -k faithful against -k ref and -k fast on a faithful file "
+        "(tok/s, RSS, story, the certified sampler's counters; --runs, default 30)",
     }
 )
-def bench(c: Context, runs: int = 30, model: str = "", tokenizer: str = "") -> None:
-    """The contest protocol, for each compute path side by side: tok/s, RSS, story match."""
+def bench(
+    c: Context,
+    runs: int = 30,
+    model: str = "",
+    tokenizer: str = "",
+    riscv: bool = False,
+    models: str = "",
+    target: str = "rv64gcv",
+    fidelity: bool = False,
+    seeds: int = 20,
+    faithful: bool = False,
+) -> None:
+    """The contest protocol, for each compute path side by side: tok/s, RSS, story match.
+    With --riscv: instructions/token under QEMU, bytes/token, RSS and a modelled Duo tok/s."""
     from duo_builder import bench as b
+    from duo_builder import faithful_bench as fb
+    from duo_builder import fidelity as fid
+    from duo_builder import riscv_bench as rb
     from duo_builder.hostdeps import HostDependencyError
+    from duo_builder.toolchain import ToolchainError
 
     try:
-        b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
-    except (eng.EngineError, b.BenchError, HostDependencyError) as e:
+        if fidelity:
+            fid.main(seeds=seeds)
+        elif faithful:
+            fb.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
+        elif riscv:
+            extra = [m for m in models.split(",") if m]
+            rb.main(models=extra, model=model or None, tokenizer=tokenizer or None, target=target)
+        else:
+            b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
+    except (
+        eng.EngineError,
+        b.BenchError,
+        fid.FidelityError,
+        rb.RiscvBenchError,
+        ToolchainError,
+        HostDependencyError,
+    ) as e:
         raise _fail(e) from None
 
 
@@ -161,16 +211,34 @@ def _quote(s: str) -> str:
     return shlex.quote(s)
 
 
-@task(help={"recipe": "a recipe name (recipes/NAME.yaml) or path; `invoke recipes` lists them"})
-def image(c: Context, recipe: str = "duo-64m") -> None:
-    """Build out/<recipe>.img with its .sha256 and .manifest.json."""
+@task(
+    help={
+        "recipe": "a recipe name (recipes/NAME.yaml) or path; `invoke recipes` lists them",
+        "no_container": "offline recipes: build on this host even when an engine answers",
+    }
+)
+def image(c: Context, recipe: str = "duo-64m", no_container: bool = False) -> None:
+    """Build out/<recipe>.img with its .sha256 and .manifest.json (in the builder container
+    when a Docker or Podman engine answers at DOCKER_HOST)."""
     from duo_builder import image as img
 
     try:
-        built = img.build(recipe)
+        built = img.build(recipe, where="here" if no_container else "auto")
     except _image_errors() as e:
         raise _fail(e) from None
     print(f"{built.image}\n{built.image}.sha256 {built.sha256}\n{built.manifest}")
+
+
+@task
+def podman(c: Context) -> None:
+    """Serve a private Podman engine for `invoke image` until Ctrl-C (prints its DOCKER_HOST)."""
+    from duo_builder.hostdeps import HostDependencyError
+    from duo_builder.podman import PodmanError, serve
+
+    try:
+        serve()
+    except (PodmanError, HostDependencyError) as e:
+        raise _fail(e) from None
 
 
 @task

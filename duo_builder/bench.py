@@ -69,43 +69,56 @@ def run_once(
     return float(m.group(1)), int(peak[-1]), story
 
 
-def default_models() -> tuple[Path, Path]:
-    """synth15m (stories15M's exact shape) and its Q8_0 conversion, made once."""
+def converted(fp32: Path, fmt: str, where: Path) -> Path:
+    """`fp32` in format `fmt` (q80, or packed fp32/q8/q4), converted when missing or stale."""
     from .convert import convert
+
+    out = where / f"{fp32.stem}-{fmt}.bin"
+    if not out.exists() or out.stat().st_mtime < fp32.stat().st_mtime:
+        convert(fp32, out, fmt)
+    return out
+
+
+def default_model() -> Path:
+    """synth15m (stories15M's exact shape), made once."""
     from .synthetic import make_synthetic
 
-    base = BUILD / "test-models"
-    fp32, q80 = base / "synth15m.bin", base / "synth15m-q80.bin"
+    fp32 = BUILD / "test-models" / "synth15m.bin"
     if not fp32.exists():
         make_synthetic(fp32)
-    if not q80.exists() or q80.stat().st_mtime < fp32.stat().st_mtime:
-        convert(fp32, q80, "q80")
-    return fp32, q80
+    return fp32
+
+
+def default_models() -> tuple[Path, Path]:
+    """synth15m and its Q8_0 (v2) conversion."""
+    fp32 = default_model()
+    return fp32, converted(fp32, "q80", fp32.parent)
 
 
 def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None) -> None:
     if runs < 1:
         raise BenchError("--runs must be at least 1")
     ensure_commands({GNU_TIME: "time"}, "measuring peak RSS")
-    binary = engine.build("host")
+    # linked statically, as on the Duo, so peak RSS is the engine's and not the host's
+    # shared libraries'
+    binary = engine.build("host-static")
     tok = Path(tokenizer) if tokenizer else LLAMA_TOKENIZER
-    if model:
-        from .convert import convert
-
-        fp32 = Path(model)
-        q80 = BUILD / "bench" / (fp32.stem + "-q80.bin")
-        convert(fp32, q80, "q80")
-    else:
-        fp32, q80 = default_models()
+    fp32 = Path(model) if model else default_model()
+    where = BUILD / "bench" if model else fp32.parent
+    where.mkdir(parents=True, exist_ok=True)
+    files = {fmt: converted(fp32, fmt, where) for fmt in ("q80", "fp32", "q8", "q4")}
     paths = [
         Runs("fp32 ref (-k ref)", fp32, ["-k", "ref"]),
         Runs("fp32 fast (default)", fp32, []),
-        Runs("Q8_0 (v2 file)", q80, []),
+        Runs("packed fp32 -k ref", files["fp32"], ["-k", "ref"]),
+        Runs("packed fp32 fast", files["fp32"], []),
+        Runs("Q8_0 (v2, runq.c)", files["q80"], []),
+        Runs("packed q8", files["q8"], []),
+        Runs("packed q4", files["q4"], []),
     ]
     print(f"contest protocol: {runs} runs per path, {binary} {' '.join(CONTEST_ARGS)}")
-    print(
-        f"model {fp32} ({fp32.stat().st_size / 1e6:.1f} MB), q80 {q80.stat().st_size / 1e6:.1f} MB"
-    )
+    for r in paths:
+        print(f"  {r.label:<22}{r.model} ({r.model.stat().st_size / 2**20:.1f} MiB)")
     for i in range(runs):
         for r in paths:
             tps, rss, story = run_once(binary, r.model, tok, r.extra)
@@ -116,9 +129,10 @@ def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None)
     print()
     reference = next(iter(paths[0].stories))
     base = statistics.mean(paths[0].tok_s)
+    q80 = statistics.mean(paths[4].tok_s)
     print(
-        f"{'path':<22}{'mean tok/s':>12}{'median':>10}{'x ref':>8}{'peak RSS MB':>13}"
-        f"{'story = ref':>13}"
+        f"{'path':<22}{'mean tok/s':>12}{'median':>10}{'x ref':>8}{'x Q8_0':>8}"
+        f"{'peak RSS MiB':>14}{'story = ref':>13}"
     )
     for r in paths:
         same = "yes" if r.stories == {reference} else "no"
@@ -127,5 +141,5 @@ def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None)
         mean = statistics.mean(r.tok_s)
         print(
             f"{r.label:<22}{mean:>12.1f}{statistics.median(r.tok_s):>10.1f}"
-            f"{mean / base:>8.2f}{max(r.rss_kb) / 1024:>13.1f}{same:>13}"
+            f"{mean / base:>8.2f}{mean / q80:>8.2f}{max(r.rss_kb) / 1024:>14.1f}{same:>13}"
         )

@@ -10,14 +10,16 @@ CASES = load_goldens() if GOLDENS.exists() else []
 IDS = [f"{c['model']}:{' '.join(c['args'])}" for c in CASES]
 
 
-def case_args(case: dict, synth15m) -> list[str]:
+def case_args(case: dict, synth15m, packed: dict | None = None, fmt: str = "fp32") -> list[str]:
+    """The case's command line; with `packed`, the packed `fmt` file in place of the model."""
     models = {
         "stories260K.bin": MODELS / "stories260K.bin",
         "synth15m.bin": synth15m,
         "tok512.bin": MODELS / "tok512.bin",
         "tokenizer.bin": MODELS / "tokenizer.bin",
     }
-    return [str(models[case["model"]]), "-z", str(models[case["tokenizer"]]), *case["args"]]
+    model = packed[(case["model"], fmt)] if packed else models[case["model"]]
+    return [str(model), "-z", str(models[case["tokenizer"]]), *case["args"]]
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +34,41 @@ def reference_stories(host_engine, synth15m) -> list[str]:
 @pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
 def test_reference_path_is_byte_exact(reference_stories, index):
     want, got = CASES[index]["stdout"], reference_stories[index]
+    assert got == want, f"differs from run.c at character {first_difference(got, want)}"
+
+
+@pytest.fixture(scope="session")
+def packed_reference_stories(host_engine, synth15m, packed_models) -> list[str]:
+    cases = [[*case_args(c, synth15m, packed_models), "-k", "ref"] for c in CASES]
+    results = run_many(host_engine, cases)
+    for r in results:
+        assert r.returncode == 0, r.stderr
+    return [r.stdout.decode() for r in results]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
+def test_packed_fp32_reference_path_is_byte_exact(packed_reference_stories, index):
+    """Row tiles change the memory layout, not the arithmetic: each lane sums its row
+    column by column, unfused, as run.c does."""
+    want, got = CASES[index]["stdout"], packed_reference_stories[index]
+    assert got == want, f"differs from run.c at character {first_difference(got, want)}"
+
+
+@pytest.fixture(scope="session")
+def faithful_stories(host_engine, synth15m, packed_models) -> list[str]:
+    cases = [[*case_args(c, synth15m, packed_models, "faithful"), "-k", "faithful"] for c in CASES]
+    results = run_many(host_engine, cases)
+    for r in results:
+        assert r.returncode == 0, r.stderr
+        assert "achieved tok/s: " in r.stderr
+    return [r.stdout.decode() for r in results]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
+def test_faithful_path_is_byte_exact(faithful_stories, index):
+    """-k faithful reads the classifier in int8 and proves run.c's token from certified
+    bounds (recomputing exact rows where they cannot): fp32 run.c's story, every byte."""
+    want, got = CASES[index]["stdout"], faithful_stories[index]
     assert got == want, f"differs from run.c at character {first_difference(got, want)}"
 
 

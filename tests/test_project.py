@@ -4,6 +4,8 @@ test command, ruff-clean Python, the C engine's own tests (under ASan + UBSan to
 import subprocess
 import sys
 
+import pytest
+
 from duo_builder import engine
 from duo_builder.paths import REPO
 
@@ -33,8 +35,9 @@ def test_python_is_ruff_clean():
         assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_c_unit_tests_under_sanitizers(asan_engine):
-    p = subprocess.run([str(engine.binary("asan", "test_engine"))], capture_output=True, text=True)
+@pytest.mark.parametrize("program", ["test_engine", "test_faithful"])
+def test_c_unit_tests_under_sanitizers(asan_engine, program):
+    p = subprocess.run([str(engine.binary("asan", program))], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip().endswith(" 0 failed")
 

@@ -100,6 +100,46 @@ def test_fast_and_q80_paths_match_host(request, name, host_engine, stories260k_q
         )
 
 
+@pytest.mark.parametrize("name", QEMU_TARGETS)
+def test_packed_paths_match_host(request, name, host_engine, packed_models, capsys):
+    """Packed q8/q4 compute the reference's arithmetic bit for bit on every build (the rvv
+    kernels included), and packed fp32 under -k ref sums in run.c's order: their stories
+    must be the host's byte for byte, for stories260K (rows and columns that fill neither
+    tiles nor groups) and a few tokens of synth15m (stories15M's shapes: two-tile passes,
+    2000 classifier tiles). Packed fp32 -k fast fuses, so its agreement is only reported."""
+    binary = built(request, name)
+    s260 = {f: packed_models[("stories260K.bin", f)] for f in ("fp32", "q8", "q4")}
+    exact = {
+        f"stories260K {f} seed {s}": story_args(s260[f], s) for f in ("q8", "q4") for s in SEEDS
+    }
+    exact |= {
+        f"stories260K fp32 -k ref seed {s}": [*story_args(s260["fp32"], s), "-k", "ref"]
+        for s in SEEDS
+    }
+    tok15m = str(MODELS / "tokenizer.bin")
+    for f in ("q8", "q4"):
+        model = str(packed_models[("synth15m.bin", f)])
+        exact[f"synth15m {f}"] = [model, "-z", tok15m, "-n", "12", "-s", "1"]
+    fast = {f"fp32 -k fast seed {s}": [*story_args(s260["fp32"], s), "-k", "fast"] for s in SEEDS}
+    cases = [*exact.values(), *fast.values()]
+    host = run_many(host_engine, cases)
+    got = run_many(binary, cases, prefix=engine.runner(name))
+    for r in host + got:
+        assert r.returncode == 0, r.stderr
+    labels = [*exact, *fast]
+    diffs = {
+        label: first_difference(g.stdout.decode(), h.stdout.decode())
+        for label, g, h in zip(labels, got, host, strict=True)
+        if g.stdout != h.stdout
+    }
+    with capsys.disabled():
+        same = len(fast) - sum(label in diffs for label in fast)
+        print(f"\n{name} packed fp32 -k fast: {same}/{len(fast)} stories as the host's")
+    wrong = {label: d for label, d in diffs.items() if label in exact}
+    assert not wrong, f"{name}: packed stories differ from the host's (from char): {wrong}"
+    assert all(g.stdout for g in got), "empty stories"
+
+
 def test_c_unit_tests_under_qemu():
     engine.build("rv64gcv", check=True)
 
@@ -163,7 +203,7 @@ def test_c906_code_reads_no_vlenb(c906_engine, capsys):
 
 def test_runners():
     assert engine.runner("host") == []
-    assert engine.runner("rv64gcv")[1:3] == ["-cpu", "rv64,v=true,vlen=128,vext_spec=v1.0"]
+    assert engine.runner("rv64gcv")[1:3] == ["-cpu", "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true"]
     assert engine.runner("rv64gc")[1:] == ["-cpu", "rv64"]
     assert "-L" in engine.runner("rv64gc", "storyteller")
     with pytest.raises(engine.EngineError, match="XTheadVector"):

@@ -24,16 +24,25 @@ FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
 # assume 128); tails filled with ones (no result may depend on tail elements: the C906
 # zeroes them whatever the code asks)
 RVV_CPUS = {
-    "vlen 128": "rv64,v=true,vlen=128,vext_spec=v1.0",
-    "vlen 256": "rv64,v=true,vlen=256,vext_spec=v1.0",
-    "vlen 1024": "rv64,v=true,vlen=1024,vext_spec=v1.0",
-    "vlen 128, tails all ones": "rv64,v=true,vlen=128,vext_spec=v1.0,rvv_ta_all_1s=true",
+    "vlen 128": "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true",
+    "vlen 256": "rv64,v=true,vlen=256,vext_spec=v1.0,Zfh=true",
+    "vlen 1024": "rv64,v=true,vlen=1024,vext_spec=v1.0,Zfh=true",
+    "vlen 128, tails all ones": "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true,rvv_ta_all_1s=true",
 }
 
 # matvec_f32_fast within 1e-5 of the reference; matvec_q80 bit-identical to
-# matvec_q80_ref; neither writes past out[rows - 1]. Shapes: every row count mod 4,
+# matvec_q80_ref; none writes past out[rows - 1]. Shapes: every row count mod 4,
 # columns around the vector lengths, every group size the converter makes and some it
 # does not, -128 weights, unaligned scales and rows straddling groups (the fallbacks).
+# Packed tiles: matvec_packed_q (q8, q4) and matvec_packed_f32 unfused bit-identical to
+# the references, fused within 1e-5; rows around tiles (one and two per pass, partial last
+# tiles), columns around groups, random bf16 scales (zero and subnormal ones too), and the
+# widest products (-128 / -8 weights against |x| = 127).
+# Attention over the binary16 cache: attention_f16 bit-identical to attention_f16_ref (scores
+# and outputs), positions 0 to past 2 x VLMAX(e32m4) at VLEN 1024, head sizes around the
+# vector lengths, strides larger than the data, caches with subnormals, zeros of both
+# signs, every exponent, inf and NaN (then both NaN counts as equal), queries beyond
+# 2^16 (the reference's fallback) and none written past att[pos] or out[head_size - 1].
 KERNEL_CHECK = r"""
 #include <math.h>
 #include <stdio.h>
@@ -41,6 +50,7 @@ KERNEL_CHECK = r"""
 #include <string.h>
 
 #include "kernels.h"
+#include "ops.h"
 
 static unsigned long long rng = 7;
 static float uniform(void) {
@@ -103,7 +113,185 @@ static void check_q80(size_t rows, size_t cols, size_t gs, size_t misalign, int 
     free(w); free(x); free(wq); free(xq); free(sbuf); free(ws); free(xs); free(out); free(ref);
 }
 
+/* ---- packed row tiles (FORMAT.md), laid out as duo_builder/packed.py writes them: the
+ * last tile's missing rows and the last group's missing columns are zeros. Activations as
+ * the engine's: runq.c's quantization, whole groups (values past cols are left-over
+ * junk there, which the zero columns cancel). */
+static unsigned rnd(void) {
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (unsigned)(rng >> 33);
+}
+static unsigned char *alloc16(size_t n) { /* as the mapping: 16-byte aligned */
+    unsigned char *p = aligned_alloc(16, (n + 15) / 16 * 16);
+    memset(p, 0, (n + 15) / 16 * 16);
+    return p;
+}
+/* A bf16 scale: mostly normal, sometimes zero (an all-zero group) or subnormal. */
+static uint16_t random_bf16(void) {
+    unsigned k = rnd() % 16;
+    if (k == 0) return 0;
+    if (k == 1) return (uint16_t)(1 + rnd() % 0x7f); /* subnormal */
+    float f = (0.5f + (float)(rnd() % 1000) / 1000.0f) * ldexpf(1.0f, (int)(rnd() % 24) - 16);
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return (uint16_t)(bits >> 16);
+}
+
+/* extreme: the widest products the kernels must hold (-128 or -8 weights, |x| = 127) */
+static void check_packed_q(TensorType type, size_t rows, size_t cols, int extreme) {
+    const size_t R = PACK_ROWS, G = PACK_GROUP, tiles = (rows + R - 1) / R;
+    const size_t groups = (cols + G - 1) / G, block = packed_block_bytes(type);
+    const int q4 = type == TENSOR_PQ4;
+    unsigned char *p = alloc16(tiles * groups * block);
+    for (size_t t = 0; t < tiles; t++)
+        for (size_t g = 0; g < groups; g++) {
+            unsigned char *b = p + (t * groups + g) * block;
+            for (size_t r = 0; r < R; r++) {
+                int live = t * R + r < rows;
+                for (size_t c = 0; c < G; c++) {
+                    int real = live && g * G + c < cols;
+                    int v = !real ? 0
+                          : q4 ? (extreme ? ((c + r) % 3 ? -8 : 7) : (int)(rnd() % 16) - 8)
+                               : (extreme ? ((c + r) % 3 ? -128 : 127) : (int)(rnd() % 256) - 128);
+                    if (q4)
+                        b[c / 2 * R + r] |= (unsigned char)((v & 15) << (c % 2 ? 4 : 0));
+                    else
+                        b[c * R + r] = (unsigned char)(int8_t)v;
+                }
+                uint16_t s = live ? random_bf16() : 0;
+                memcpy(b + block - 2 * R + 2 * r, &s, 2);
+            }
+        }
+    float *x = malloc(cols * sizeof *x), *xs = malloc(groups * sizeof *xs);
+    int8_t *xq = malloc(groups * G);
+    for (size_t j = 0; j < cols; j++) x[j] = uniform() * 3.0f;
+    for (size_t j = 0; j < groups * G; j++) xq[j] = (int8_t)((int)(rnd() % 255) - 127);
+    quantize_q80(xq, xs, x, cols, G);
+    if (extreme)
+        for (size_t j = 0; j < cols; j++) xq[j] = (j % 2) ? -127 : 127;
+    Tensor w = {.type = type, .rows = rows, .cols = cols, .group_size = G, .p = p,
+                .tiles = tiles, .groups = groups};
+    Activation a = {.f = x, .q = xq, .s = xs, .n = cols, .group_size = G};
+    float *out = malloc((rows + 1) * sizeof *out), *ref = malloc(rows * sizeof *ref);
+    out[rows] = 12345.0f;
+    matvec_packed_q(out, &w, &a);
+    matvec_packed_q_ref(ref, &w, &a);
+    for (size_t i = 0; i < rows; i++) {
+        checks++;
+        if (memcmp(&out[i], &ref[i], sizeof(float)) != 0)
+            FAIL("p%s %zux%zu%s row %zu: %.9g vs %.9g\n", q4 ? "q4" : "q8", rows, cols,
+                 extreme ? " extreme" : "", i, out[i], ref[i]);
+    }
+    checks++;
+    if (out[rows] != 12345.0f)
+        FAIL("p%s %zux%zu: wrote past the end\n", q4 ? "q4" : "q8", rows, cols);
+    free(p); free(x); free(xs); free(xq); free(out); free(ref);
+}
+
+/* fp32: unfused bit for bit; fused within rounding of the reference. */
+static void check_packed_f32(size_t rows, size_t cols) {
+    const size_t R = PACK_ROWS, tiles = (rows + R - 1) / R;
+    float *p = (float *)(void *)alloc16(tiles * cols * R * sizeof(float));
+    float *x = malloc(cols * sizeof *x);
+    for (size_t t = 0; t < tiles; t++)
+        for (size_t j = 0; j < cols; j++)
+            for (size_t r = 0; r < R; r++)
+                p[(t * cols + j) * R + r] = t * R + r < rows ? uniform() : 0.0f;
+    for (size_t j = 0; j < cols; j++) x[j] = uniform();
+    Tensor w = {.type = TENSOR_PF32, .rows = rows, .cols = cols,
+                .p = (const unsigned char *)p, .tiles = tiles};
+    float *out = malloc((rows + 1) * sizeof *out), *ref = malloc(rows * sizeof *ref);
+    matvec_packed_f32_ref(ref, &w, x);
+    for (int fused = 0; fused <= 1; fused++) {
+        out[rows] = 12345.0f;
+        matvec_packed_f32(out, &w, x, fused);
+        for (size_t i = 0; i < rows; i++) {
+            double mag = 0;
+            for (size_t j = 0; j < cols; j++)
+                mag += fabs((double)p[(i / R * cols + j) * R + i % R] * x[j]);
+            checks++;
+            if (fused ? !(fabs((double)out[i] - ref[i]) <= 1e-5 * (1 + mag))
+                      : memcmp(&out[i], &ref[i], sizeof(float)) != 0)
+                FAIL("pf32 %s %zux%zu row %zu: %.9g vs %.9g\n", fused ? "fused" : "unfused",
+                     rows, cols, i, out[i], ref[i]);
+        }
+        checks++;
+        if (out[rows] != 12345.0f) FAIL("pf32 %zux%zu: wrote past the end\n", rows, cols);
+    }
+    free(p); free(x); free(out); free(ref);
+}
+
+static void check_packed(size_t rows, size_t cols) {
+    check_packed_f32(rows, cols);
+    for (int extreme = 0; extreme <= 1; extreme++) {
+        check_packed_q(TENSOR_PQ8, rows, cols, extreme);
+        check_packed_q(TENSOR_PQ4, rows, cols, extreme);
+    }
+}
+
+/* ---- attention over the binary16 cache ---- */
+static int same(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
+
+/* A binary16 value: mostly a rounded small number, else any bit pattern (subnormals, both
+ * zeros, every exponent); inf and NaN only when specials. */
+static uint16_t random_half(int specials) {
+    unsigned k = rnd() % 16;
+    if (k < 9) return half_from_float_soft(uniform() * (k < 6 ? 2.0f : 0.01f));
+    if (k == 9) return (uint16_t)(rnd() % 0x400 | (rnd() % 2) << 15); /* subnormal, zero */
+    if (k == 10) return (uint16_t)((rnd() % 2) << 15);                /* +-0 */
+    uint16_t h = (uint16_t)rnd();
+    if (!specials && (h & 0x7c00u) == 0x7c00u) h &= 0xbfffu; /* exponent 15 instead */
+    return h;
+}
+
+/* specials: 1 inf and NaN among the values (a key's make most scores NaN), 2 in both;
+ * kind 0: ordinary queries; 1: tiny and subnormal ones too; 2: one beyond 2^16 */
+static void check_attention(int pos, int head_size, int specials, int kind) {
+    const size_t n = (size_t)pos + 1, hs = (size_t)head_size;
+    const size_t key_stride = n + rnd() % 5, value_stride = hs + rnd() % 7;
+    uint16_t *key = malloc(hs * key_stride * 2), *value = malloc(n * value_stride * 2);
+    for (size_t i = 0; i < hs * key_stride; i++) key[i] = random_half(specials == 2);
+    for (size_t i = 0; i < n * value_stride; i++) value[i] = random_half(specials != 0);
+    float *q = malloc(hs * sizeof *q);
+    for (size_t i = 0; i < hs; i++) q[i] = uniform() * 2.0f;
+    if (kind == 1)
+        for (size_t i = 0; i < hs; i += 3) q[i] *= i % 2 ? 1e-39f : 1e-20f;
+    if (kind == 2) q[rnd() % hs] = (rnd() % 2 ? 1.0f : -1.0f) * 0x1p16f;
+    float *att = malloc((n + 1) * sizeof *att), *out = malloc((hs + 1) * sizeof *out);
+    float *ratt = malloc(n * sizeof *ratt), *rout = malloc(hs * sizeof *rout);
+    att[n] = 12345.0f, out[hs] = 12345.0f;
+    attention_f16_ref(rout, ratt, q, key, key_stride, value, value_stride, pos, head_size);
+    attention_f16(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+    int bad = 0;
+    for (size_t t = 0; t < n; t++) bad += !same(att[t], ratt[t]);
+    for (size_t i = 0; i < hs; i++) bad += !same(out[i], rout[i]);
+    checks += (int)(n + hs);
+    if (bad) FAIL("attention pos %d head %d specials %d kind %d: %d values differ\n", pos,
+                  head_size, specials, kind, bad);
+    checks++;
+    if (att[n] != 12345.0f || out[hs] != 12345.0f)
+        FAIL("attention pos %d head %d: wrote past the end\n", pos, head_size);
+    free(key); free(value); free(q); free(att); free(out); free(ratt); free(rout);
+}
+
 int main(void) {
+    int heads[] = {1, 8, 17, 48, 64, 100};
+    int far[] = {63, 64, 65, 127, 128, 129, 255, 256, 257, 300};
+    for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
+        for (int pos = 0; pos <= 40; pos++)
+            for (int specials = 0; specials < 3; specials++)
+                check_attention(pos, heads[h], specials, pos % 3);
+        for (size_t k = 0; k < sizeof far / sizeof far[0]; k++)
+            for (int kind = 0; kind < 3; kind++)
+                check_attention(far[k], heads[h], (int)k % 3, kind);
+    }
+    size_t pr[] = {1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 69};
+    size_t pc[] = {1, 7, 8, 9, 15, 31, 32, 33, 63, 64, 65, 100, 288};
+    for (size_t i = 0; i < sizeof pr / sizeof pr[0]; i++)
+        for (size_t k = 0; k < sizeof pc / sizeof pc[0]; k++) check_packed(pr[i], pc[k]);
+    check_packed(288, 768); /* stories15M's shapes */
+    check_packed(768, 288);
+    check_packed(1000, 288);
     size_t fn[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 77, 172, 288, 768};
     for (size_t k = 0; k < sizeof fn / sizeof fn[0]; k++)
         for (size_t d = 1; d <= 9; d++) check_f32(fn[k], d);
@@ -236,25 +424,105 @@ C906_WANTS = {
     "q80_pass_m2": {"th.vle.v", "th.vwmul.vv", "th.vwredsum.vs", "th.vlse.v", "th.vfadd.vv"},
     "q80_pass_m4": {"th.vle.v", "th.vwmul.vv", "th.vwredsum.vs", "th.vlse.v", "th.vfadd.vv"},
 }
+# The packed kernels (FORMAT.md): lanes are rows, no reductions; the bf16 scales widened
+# with th.vwcvtu (vwaddu.vx 0), the scaling as separate vfmul, vfmul, vfadd
+PACKED_Q_SCALING = {"th.vwcvtu.x.x.v", "th.vsll.vi", "th.vfmul.vv", "th.vfmul.vf", "th.vfadd.vv"}
+PACKED_WANTS = {
+    **{
+        f"pq8_pass{n}": {
+            "th.vle.v",
+            "th.vwmul.vx",
+            "th.vwmacc.vx",
+            "th.vwadd.wv",
+            "th.vfcvt.f.x.v",
+            "th.vse.v",
+            *PACKED_Q_SCALING,
+        }
+        for n in (1, 2)
+    },
+    **{
+        f"pq4_pass{n}": {
+            "th.vle.v",
+            "th.vsll.vi",
+            "th.vsra.vi",
+            "th.vwmul.vx",
+            "th.vwmacc.vx",
+            "th.vfwcvt.f.x.v",
+            "th.vse.v",
+            *PACKED_Q_SCALING,
+        }
+        for n in (1, 2)
+    },
+    **{f"pf32_pass{n}": {"th.vle.v", "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"} for n in (1, 2)},
+    **{f"pf32_fused{n}": {"th.vle.v", "th.vfmacc.vf", "th.vse.v"} for n in (1, 2)},
+}
+C906_WANTS |= PACKED_WANTS
+# Attention over the binary16 cache: lanes are positions (scores) or dimensions (values),
+# binary16 -> fp32 by integer ops (th.vwmul by 2^13, th.vand, th.vmsgtu for inf/NaN, a
+# masked th.vor), products and sums unfused, no reductions
+HALF_LANES = {"th.vle.v", "th.vwmul.vx", "th.vsll.vi", "th.vmsgtu.vx", "th.vand.vx", "th.vor.vx"}
+ATTENTION_WANTS = {
+    "f16_scores": {*HALF_LANES, "th.vfmul.vf", "th.vfadd.vv", "th.vfdiv.vf", "th.vse.v"},
+    "f16_values": {*HALF_LANES, "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"},
+}
+C906_WANTS |= ATTENTION_WANTS
 C906_FORBIDDEN = re.compile(r"vlenb|th\.vmv\.x\.s|th\.vfmv\.f\.s|th\.vfredosum")
+# ... and in the packed kernels no reduction at all; where they must be bit-identical to the
+# references (q8, q4, unfused fp32) no fused multiply-add either
+PACKED_FORBIDDEN = re.compile(r"th\.v[fw]?red")
+FUSED = re.compile(r"th\.vfn?m(acc|add|sac|sub)\.")
 
 
 def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     functions = objdump_functions(c906_engine)
-    kernels = {f: lines for f, lines in functions.items() if f.startswith(("matvec", "q80_"))}
+    kernels = {
+        f: lines
+        for f, lines in functions.items()
+        if f.startswith(("matvec", "q80_", "pq8_", "pq4_", "pf32_", "attention_f16", "f16_"))
+    }
     for f, wants in C906_WANTS.items():
         assert f in kernels, f"{f} not in the c906 build: {sorted(kernels)}"
         missing = wants - set(mnemonics(kernels[f]))
         assert not missing, f"{f} lacks {missing}"
-    # matvec_q80 dispatches to the passes (which gcc keeps out of line)
+    # matvec_q80 and the packed entry points dispatch to the passes (kept out of line)
     calls = " ".join(kernels["matvec_q80"])
     assert "<q80_pass_m2>" in calls and "<q80_pass_m4>" in calls, calls
+    calls = " ".join(kernels["matvec_packed_q"] + kernels["matvec_packed_f32"])
+    for f in PACKED_WANTS:
+        assert f"<{f}>" in calls, f"{f} is not called: {calls}"
+    calls = " ".join(kernels["attention_f16"])
+    for f in ATTENTION_WANTS:
+        assert f"<{f}>" in calls, f"{f} is not called: {calls}"
+    own = (
+        "matvec_f32_fast",
+        "matvec_q80",
+        "q80_pass_m1",
+        "q80_pass_m2",
+        "q80_pass_m4",
+        "matvec_packed_q",
+        "matvec_packed_f32",
+        *PACKED_WANTS,
+        "attention_f16",
+        *ATTENTION_WANTS,
+    )
     bad = {
         f: hits
-        for f in ("matvec_f32_fast", "matvec_q80", "q80_pass_m1", "q80_pass_m2", "q80_pass_m4")
+        for f in own
         if (hits := [ln.strip() for ln in kernels.get(f, []) if C906_FORBIDDEN.search(ln)])
     }
     assert not bad, f"forbidden instructions in the c906 kernels: {bad}"
+    bad = {
+        f: hits
+        for f in (*PACKED_WANTS, "attention_f16", *ATTENTION_WANTS)
+        if (
+            hits := [
+                ln.strip()
+                for ln in kernels[f]
+                if PACKED_FORBIDDEN.search(ln) or (FUSED.search(ln) and "fused" not in f)
+            ]
+        )
+    }
+    assert not bad, f"reductions or fused multiply-adds in the packed or attention kernels: {bad}"
     with capsys.disabled():
         counts = {
             f: sum(m.startswith("th.v") for m in mnemonics(kernels[f]))
