@@ -185,6 +185,23 @@ static void check_packed_q(TensorType type, size_t rows, size_t cols, int extrem
     checks++;
     if (out[rows] != 12345.0f)
         FAIL("p%s %zux%zu: wrote past the end\n", q4 ? "q4" : "q8", rows, cols);
+    if (!q4) { /* the faithful classifier's int8 x int16 product, on the same weights */
+        int16_t *x16 = malloc(groups * G * sizeof *x16);
+        for (size_t j = 0; j < groups * G; j++)
+            x16[j] = extreme ? (int16_t)(j % 2 ? -32767 : 32767)
+                             : (int16_t)((int)(rnd() % 65535) - 32767);
+        out[rows] = 12345.0f;
+        matvec_packed_q8a16(out, &w, x16, xs);
+        matvec_packed_q8a16_ref(ref, &w, x16, xs);
+        for (size_t i = 0; i < rows; i++) {
+            checks++;
+            if (memcmp(&out[i], &ref[i], sizeof(float)) != 0)
+                FAIL("pq8a16 %zux%zu row %zu: %.9g vs %.9g\n", rows, cols, i, out[i], ref[i]);
+        }
+        checks++;
+        if (out[rows] != 12345.0f) FAIL("pq8a16 %zux%zu: wrote past the end\n", rows, cols);
+        free(x16);
+    }
     free(p); free(x); free(xs); free(xq); free(out); free(ref);
 }
 
@@ -455,6 +472,16 @@ PACKED_WANTS = {
     },
     **{f"pf32_pass{n}": {"th.vle.v", "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"} for n in (1, 2)},
     **{f"pf32_fused{n}": {"th.vle.v", "th.vfmacc.vf", "th.vse.v"} for n in (1, 2)},
+    # the faithful classifier: int8 weights sign-extended (vwadd.vx 0 = th.vwcvt), times
+    # the int16 activation into int32 sums
+    "matvec_packed_q8a16": {
+        "th.vle.v",
+        "th.vwcvt.x.x.v",
+        "th.vwmacc.vx",
+        "th.vfcvt.f.x.v",
+        "th.vse.v",
+        *PACKED_Q_SCALING,
+    },  # fmt: skip
 }
 C906_WANTS |= PACKED_WANTS
 # Attention over the binary16 cache: lanes are positions (scores) or dimensions (values),
@@ -489,7 +516,8 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     assert "<q80_pass_m2>" in calls and "<q80_pass_m4>" in calls, calls
     calls = " ".join(kernels["matvec_packed_q"] + kernels["matvec_packed_f32"])
     for f in PACKED_WANTS:
-        assert f"<{f}>" in calls, f"{f} is not called: {calls}"
+        if not f.startswith("matvec"):  # the faithful classifier is its own entry point
+            assert f"<{f}>" in calls, f"{f} is not called: {calls}"
     calls = " ".join(kernels["attention_f16"])
     for f in ATTENTION_WANTS:
         assert f"<{f}>" in calls, f"{f} is not called: {calls}"

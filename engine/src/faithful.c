@@ -621,7 +621,7 @@ void faithful_classify(Faithful *f, const Model *m, const float *x, float *logit
         return;
     }
     quantize_a16(f->xq, f->xs, x, dim, PACK_GROUP);
-    matvec_packed_q8a16_ref(logits, q, f->xq, f->xs);
+    matvec_packed_q8a16(logits, q, f->xq, f->xs);
     double nd2 = 0.0;
     for (size_t j = 0; j < dim; j++) {
         /* exact: x_j and s q_j are within a factor 2 of each other (or q_j = 0) */

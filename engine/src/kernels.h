@@ -53,6 +53,8 @@ void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs);
 void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_t d);
 void matvec_q80(float *out, const Tensor *w, const Activation *x);
 void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused);
+/* Bit-identical to matvec_packed_q8a16_ref. */
+void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t *xq, const float *xs);
 void matvec_packed_q(float *out, const Tensor *w, const Activation *x);
 /* One head's attention over positions 0..pos with the KV cache in binary16 (the packed
  * q8/q4 paths): scores into att (pos + 1 floats), the weighted sum of values into out

@@ -55,3 +55,8 @@ void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
                    int head_size) {
     attention_f16_ref(out, att, q, key, key_stride, value, value_stride, pos, head_size);
 }
+
+/* The faithful path's int8 x int16 classifier: the reference's exact integer sums. */
+void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t *xq, const float *xs) {
+    matvec_packed_q8a16_ref(out, w, xq, xs);
+}

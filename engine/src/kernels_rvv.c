@@ -393,6 +393,46 @@ void matvec_packed_q(float *out, const Tensor *w, const Activation *x) {
     }
 }
 
+/* ---- q8 x int16 (the faithful path's classifier) ----------------------------------------
+ * Per tile and group, column by column: the 16 int8 weights sign-extended to int16 (a
+ * widening add of 0: XTheadVector has no vsext), then vwmacc.vx by the column's int16
+ * activation into the group's int32 sums (|32 x 127 x 32767| < 2^31: exact). Group end as
+ * matvec_packed_q_ref: bit-identical to matvec_packed_q8a16_ref. */
+static ALWAYS_INLINE NO_PRESCHED void pq8a16_tile(float *out, const unsigned char *b,
+                                                  size_t groups, const int16_t *xq,
+                                                  const float *xs, size_t rows) {
+    const size_t vl = __riscv_vsetvl_e8m1(PACK_ROWS);
+    vfloat32m4_t acc = __riscv_vfmv_v_f_f32m4(0.0f, vl);
+    for (size_t g = 0; g < groups; g++, b += PQ8_BLOCK) {
+        const int16_t *xg = xq + g * PACK_GROUP;
+        vint32m4_t isum = __riscv_vmv_v_x_i32m4(0, vl);
+        for (size_t j = 0; j < PACK_GROUP; j += 4) {
+            const int8_t *c = (const int8_t *)(const void *)(b + j * PACK_ROWS);
+            vint16m2_t w0 = __riscv_vwadd_vx_i16m2(__riscv_vle8_v_i8m1(c, vl), 0, vl);
+            vint16m2_t w1 = __riscv_vwadd_vx_i16m2(__riscv_vle8_v_i8m1(c + 16, vl), 0, vl);
+            vint16m2_t w2 = __riscv_vwadd_vx_i16m2(__riscv_vle8_v_i8m1(c + 32, vl), 0, vl);
+            vint16m2_t w3 = __riscv_vwadd_vx_i16m2(__riscv_vle8_v_i8m1(c + 48, vl), 0, vl);
+            isum = __riscv_vwmacc_vx_i32m4(isum, xg[j], w0, vl);
+            isum = __riscv_vwmacc_vx_i32m4(isum, xg[j + 1], w1, vl);
+            isum = __riscv_vwmacc_vx_i32m4(isum, xg[j + 2], w2, vl);
+            isum = __riscv_vwmacc_vx_i32m4(isum, xg[j + 3], w3, vl);
+        }
+        acc = scale_add(acc, __riscv_vfcvt_f_x_v_f32m4(isum, vl), b + PACK_ROWS * PACK_GROUP,
+                        xs[g], vl);
+    }
+    __riscv_vse32_v_f32m4(out, acc, rows);
+}
+
+NO_PRESCHED void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t *xq,
+                                    const float *xs) {
+    const size_t tile = w->groups * PQ8_BLOCK;
+    for (size_t t = 0; t < w->tiles; t++) {
+        const size_t left = w->rows - t * PACK_ROWS;
+        pq8a16_tile(out + t * PACK_ROWS, w->p + t * tile, w->groups, xq, xs,
+                    left < PACK_ROWS ? left : PACK_ROWS);
+    }
+}
+
 /* ---- fp32 ------------------------------------------------------------------------------
  * Per column, one vector load per tile and one scalar of x for both: fused, vfmacc.vf;
  * unfused, vfmul.vf then vfadd.vv, matvec_packed_f32_ref's acc += w * x, bit for bit.
