@@ -68,10 +68,25 @@ static double gam(double k) {
     return ku / (1.0 - ku);
 }
 
+/* nextafterf(v, +INFINITY) by the bits (a libm call per logit was ~10% of a token):
+ * NaN and +inf stay, zeros go to the smallest subnormal, else one ulp up. */
+static inline float next_up(float v) {
+    if (v != v || v == INFINITY) return v;
+    if (v == 0.0f) return 0x1p-149f;
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    bits = v > 0.0f ? bits + 1u : bits - 1u;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
+/* nextafterf(v, -INFINITY) */
+static inline float next_down(float v) { return -next_up(-v); }
+
 /* The smallest float >= d. */
 static float float_up(double d) {
     float f = (float)d;
-    return (double)f < d ? nextafterf(f, INFINITY) : f;
+    return (double)f < d ? next_up(f) : f;
 }
 
 /* Lower (upper) bounds on expf(v') for every v' >= v (<= v), assuming |expf(y) - e^y| <=
@@ -90,7 +105,11 @@ static float exp_upper(float v) {
  * e^v. v log2(e) is rounded by at most 2^-18 here, and expf's error is far below 2x. */
 static float exp_upper_cheap(float v) {
     float k = floorf(v * 1.44269504f) + 2.0f;
-    return k < -126.0f ? 0x1p-99f : ldexpf(1.0f, (int)k);
+    if (k < -126.0f) return 0x1p-99f;
+    uint32_t bits = (uint32_t)((int)k + 127) << 23; /* 2^k: -126 <= k < -25 here */
+    float p;
+    memcpy(&p, &bits, 4);
+    return p;
 }
 
 /* ---- the decision ------------------------------------------------------------------- */
@@ -172,22 +191,23 @@ static void topk_add(TopK *t, double v) {
     t->v[i] = v;
 }
 
-static const float *sort_x; /* qsort's comparator has no context argument */
-
-static int by_x_desc(const void *a, const void *b) {
-    int i = *(const int *)a, j = *(const int *)b;
-    if (sort_x[i] > sort_x[j]) return -1;
-    if (sort_x[i] < sort_x[j]) return 1;
-    return (i > j) - (i < j);
+/* Indices by key descending, ties by index ascending: a total order, so the result is
+ * qsort's would-be one. Shell sort (gaps 1, 4, 13, ...), taking its keys as an argument:
+ * qsort's comparator has no context but a global, and the library keeps none. */
+static int key_before(int a, int b, const float *fk, const double *dk) {
+    double ka = fk ? (double)fk[a] : dk[a], kb = fk ? (double)fk[b] : dk[b];
+    return ka > kb || (ka == kb && a < b);
 }
 
-static const double *sort_score;
-
-static int by_score_desc(const void *a, const void *b) {
-    int i = *(const int *)a, j = *(const int *)b;
-    if (sort_score[i] > sort_score[j]) return -1;
-    if (sort_score[i] < sort_score[j]) return 1;
-    return (i > j) - (i < j);
+static void sort_desc(int *idx, int k, const float *fk, const double *dk) {
+    int gap = 1;
+    while (gap < k / 3) gap = 3 * gap + 1;
+    for (; gap > 0; gap /= 3)
+        for (int i = gap; i < k; i++) {
+            int v = idx[i], j = i;
+            for (; j >= gap && key_before(v, idx[j - gap], fk, dk); j -= gap) idx[j] = idx[j - gap];
+            idx[j] = v;
+        }
 }
 
 /* a >= b closer than TIE: fl(a / S) and fl(b / S) may be equal for some S. */
@@ -209,8 +229,7 @@ static FaithfulVerdict refine_widest(const LogitBounds *b, FaithfulWork *w, int 
             if (!b->exact[i]) refine[(*n_refine)++] = i;
         return *n_refine ? FAITHFUL_REFINE : FAITHFUL_EXACT;
     }
-    sort_score = w->score;
-    qsort(w->tile_order, (size_t)k, sizeof *w->tile_order, by_score_desc);
+    sort_desc(w->tile_order, k, NULL, w->score);
     int want = 4 << (effort < 12 ? effort : 12);
     if (target > 0.0) {
         double rest = 0.0;
@@ -309,8 +328,7 @@ static FaithfulVerdict decide_topp(const LogitBounds *b, FaithfulWork *w, const 
     int J = 0;
     for (int i = 0; i < n; i++)
         if (w->xexact[i] && (double)xl[i] >= thr) w->order[J++] = i;
-    sort_x = xl;
-    qsort(w->order, (size_t)J, sizeof *w->order, by_x_desc);
+    sort_desc(w->order, J, xl, NULL);
     for (int j = 0; j < J; j++) w->in_prefix[w->order[j]] = 1;
 
     /* the other rows: the KMAX largest lower and upper ends, and the totals */
@@ -468,11 +486,14 @@ FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float t
     if (!(temperature > 0.0f && isfinite(temperature)) || isnan(topp))
         return FAITHFUL_EXACT;
 
-    /* logits[q] /= temperature is monotone: the bounds divide too; then run.c's max_val */
+    /* logits[q] /= temperature is monotone: the bounds divide too; then run.c's max_val.
+     * x / 1.0f is x exactly, so at -t 1 (the contest's) no divide is done per logit. */
     const float T = temperature;
+    const int unit = T == 1.0f;
+#define DIV_T(v) (unit ? (v) : (v) / T)
     float maxlo = -INFINITY;
     for (int i = 0; i < n; i++) {
-        float a = b->lo[i] / T, c = b->hi[i] / T;
+        float a = DIV_T(b->lo[i]), c = DIV_T(b->hi[i]);
         if (!isfinite(a) || !isfinite(c)) return FAITHFUL_EXACT;
         if (a > maxlo) maxlo = a;
     }
@@ -480,15 +501,15 @@ FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float t
      * logit), or else every row that could hold it exact */
     int candidates = 0, top = -1;
     for (int i = 0; i < n; i++)
-        if (b->hi[i] / T >= maxlo) candidates++, top = i;
+        if (DIV_T(b->hi[i]) >= maxlo) candidates++, top = i;
     if (candidates > 1) {
         for (int i = 0; i < n; i++)
-            if (!b->exact[i] && b->hi[i] / T >= maxlo) refine[(*n_refine)++] = i;
+            if (!b->exact[i] && DIV_T(b->hi[i]) >= maxlo) refine[(*n_refine)++] = i;
         if (*n_refine) return FAITHFUL_REFINE;
         for (int i = 0; i < n; i++)
-            if (b->exact[i] && (top < 0 || b->lo[i] / T > b->lo[top] / T)) top = i;
+            if (b->exact[i] && (top < 0 || DIV_T(b->lo[i]) > DIV_T(b->lo[top]))) top = i;
     }
-    const float m_lo = b->lo[top] / T, m_hi = b->hi[top] / T; /* equal when exact */
+    const float m_lo = DIV_T(b->lo[top]), m_hi = DIV_T(b->hi[top]); /* equal when exact */
     const int m_exact = b->exact[top];
 
     /* x_i = expf(x_i - max_val), and the denominator */
@@ -499,15 +520,15 @@ FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float t
         if (i == top) {
             lo = hi = 1.0f; /* expf(max_val - max_val) */
         } else if (point) {
-            float t = b->lo[i] / T;
+            float t = DIV_T(b->lo[i]);
             lo = hi = expf(t - m_lo); /* run.c's own float */
         } else {
-            float vh = b->hi[i] / T - m_lo; /* fl(a - b): up in a, down in b */
+            float vh = DIV_T(b->hi[i]) - m_lo; /* fl(a - b): up in a, down in b */
             if (vh < TAU) {
                 lo = 0.0f;
                 hi = exp_upper_cheap(vh);
             } else {
-                float vl = b->lo[i] / T - m_hi;
+                float vl = DIV_T(b->lo[i]) - m_hi;
                 hi = exp_upper(vh);
                 lo = vl < TAU ? 0.0f : exp_lower(vl);
             }
@@ -527,6 +548,7 @@ FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float t
     FaithfulVerdict v = !(topp > 0.0f && topp < 1.0f)
                             ? decide_mult(b, w, &d, coin, effort, token, refine, n_refine)
                             : decide_topp(b, w, &d, topp, coin, effort, token, refine, n_refine);
+#undef DIV_T
     /* an inexact maximum widens every row's x: make it exact with whatever else is asked */
     if (v == FAITHFUL_REFINE && !m_exact) refine[(*n_refine)++] = top;
     return v;
@@ -640,8 +662,8 @@ void faithful_classify(Faithful *f, const Model *m, const float *x, float *logit
         /* three roundings of non-negative terms, covered by the factor */
         float e = fmaxf((nr[i] * alpha + beta) * (1.0f + 0x1p-19f), 0x1p-90f);
         float a = logits[i];
-        f->b.lo[i] = finite ? nextafterf(a - e, -INFINITY) : -INFINITY;
-        f->b.hi[i] = finite ? nextafterf(a + e, INFINITY) : INFINITY;
+        f->b.lo[i] = finite ? next_down(a - e) : -INFINITY;
+        f->b.hi[i] = finite ? next_up(a + e) : INFINITY;
     }
 }
 
