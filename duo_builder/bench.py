@@ -95,7 +95,9 @@ def default_models() -> tuple[Path, Path]:
     return fp32, converted(fp32, "q80", fp32.parent)
 
 
-def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None) -> None:
+def prepare(runs: int, model: str | None, tokenizer: str | None) -> tuple[Path, Path, Path, Path]:
+    """What every host benchmark starts from: (the engine, the tokenizer, the fp32 model,
+    the directory its conversions go to)."""
     if runs < 1:
         raise BenchError("--runs must be at least 1")
     ensure_commands({GNU_TIME: "time"}, "measuring peak RSS")
@@ -106,6 +108,11 @@ def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None)
     fp32 = Path(model) if model else default_model()
     where = BUILD / "bench" if model else fp32.parent
     where.mkdir(parents=True, exist_ok=True)
+    return binary, tok, fp32, where
+
+
+def main(runs: int = 30, model: str | None = None, tokenizer: str | None = None) -> None:
+    binary, tok, fp32, where = prepare(runs, model, tokenizer)
     files = {fmt: converted(fp32, fmt, where) for fmt in ("q80", "fp32", "q8", "q4")}
     paths = [
         Runs("fp32 ref (-k ref)", fp32, ["-k", "ref"]),

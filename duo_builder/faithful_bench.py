@@ -15,10 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import engine
-from .bench import CONTEST_ARGS, GNU_TIME, TOKS_RE, BenchError, converted, default_model
-from .hostdeps import ensure_commands
-from .paths import BUILD, LLAMA_TOKENIZER
+from .bench import CONTEST_ARGS, GNU_TIME, TOKS_RE, BenchError, converted, prepare
 
 STATS_RE = re.compile(
     r"faithful: steps (\d+), by bounds alone ([0-9.]+), without full fallback ([0-9.]+), "
@@ -83,14 +80,7 @@ def run(binary: Path, args: list[str], stats: bool) -> tuple[float, int, str, st
 
 
 def main(runs: int = 10, model: str | None = None, tokenizer: str | None = None) -> None:
-    if runs < 1:
-        raise BenchError("--runs must be at least 1")
-    ensure_commands({GNU_TIME: "time"}, "measuring peak RSS")
-    binary = engine.build("host-static")
-    tok = Path(tokenizer) if tokenizer else LLAMA_TOKENIZER
-    fp32 = Path(model) if model else default_model()
-    where = BUILD / "bench" if model else fp32.parent
-    where.mkdir(parents=True, exist_ok=True)
+    binary, tok, fp32, where = prepare(runs, model, tokenizer)
     faithful = converted(fp32, "faithful", where)
     base = [str(faithful), "-z", str(tok), *CONTEST_ARGS]
     print(f"faithful bench: {faithful} ({faithful.stat().st_size / 2**20:.1f} MiB), {runs} runs")
