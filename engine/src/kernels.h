@@ -79,6 +79,27 @@ static inline float scale_at(const unsigned char *s, size_t i) {
     return v;
 }
 
+/* Rows in packed tile t (the last tile may be short). */
+static inline size_t tile_rows(const Tensor *w, size_t t) {
+    size_t left = w->rows - t * PACK_ROWS;
+    return left < PACK_ROWS ? left : PACK_ROWS;
+}
+
+/* A packed fp32 matrix times x, each row summed column by column: the one loop behind
+ * matvec_packed_f32_ref (kernels_ref.c, no FMA: run.c's order) and the portable fused
+ * kernel (kernels_portable.c, compiled with contraction). Inline, so each file's flags
+ * decide. */
+static inline void packed_f32_columns(float *out, const Tensor *w, const float *x) {
+    const size_t n = w->cols;
+    for (size_t t = 0; t < w->tiles; t++) {
+        const float *b = (const float *)(const void *)w->p + t * n * PACK_ROWS;
+        float acc[PACK_ROWS] = {0};
+        for (size_t j = 0; j < n; j++)
+            for (size_t r = 0; r < PACK_ROWS; r++) acc[r] += b[j * PACK_ROWS + r] * x[j];
+        for (size_t r = 0; r < tile_rows(w, t); r++) out[t * PACK_ROWS + r] = acc[r];
+    }
+}
+
 /* A packed bf16 scale (the upper half of an fp32) as a float. */
 static inline float bf16_at(const unsigned char *s, size_t i) {
     uint16_t h;

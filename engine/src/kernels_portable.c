@@ -33,15 +33,7 @@ void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused) {
         matvec_packed_f32_ref(out, w, x);
         return;
     }
-    const size_t n = w->cols;
-    for (size_t t = 0; t < w->tiles; t++) {
-        const float *b = (const float *)(const void *)w->p + t * n * PACK_ROWS;
-        float acc[PACK_ROWS] = {0};
-        for (size_t j = 0; j < n; j++)
-            for (size_t r = 0; r < PACK_ROWS; r++) acc[r] += b[j * PACK_ROWS + r] * x[j];
-        size_t rows = w->rows - t * PACK_ROWS < PACK_ROWS ? w->rows - t * PACK_ROWS : PACK_ROWS;
-        for (size_t r = 0; r < rows; r++) out[t * PACK_ROWS + r] = acc[r];
-    }
+    packed_f32_columns(out, w, x); /* this file is compiled with contraction */
 }
 
 /* Packed q8/q4: integer sums vectorise as they are; the scaling must not fuse. */

@@ -12,15 +12,20 @@ void matvec_f32_ref(float *out, const float *w, const float *x, size_t n, size_t
     }
 }
 
+/* max |x[i]| over len values: a quantization group's range */
+static float abs_max(const float *x, size_t len) {
+    float m = 0.0f;
+    for (size_t i = 0; i < len; i++) {
+        float a = fabsf(x[i]);
+        if (a > m) m = a;
+    }
+    return m;
+}
+
 void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
     for (size_t g = 0, start = 0; start < n; g++, start += gs) {
         size_t len = n - start < gs ? n - start : gs;
-        float wmax = 0.0f;
-        for (size_t i = 0; i < len; i++) {
-            float a = fabsf(x[start + i]);
-            if (a > wmax) wmax = a;
-        }
-        float scale = wmax / 127.0f;
+        float scale = abs_max(x + start, len) / 127.0f;
         s[g] = scale;
         for (size_t i = 0; i < len; i++)  /* an all-zero group stays zero (runq.c: 0/0) */
             q[start + i] = scale == 0.0f ? 0 : (int8_t)roundf(x[start + i] / scale);
@@ -69,20 +74,9 @@ void dequantize_row(float *out, const Tensor *w, size_t row) {
 
 /* ---- packed row tiles ---------------------------------------------------------------- */
 
-static size_t tile_rows(const Tensor *w, size_t t) {
-    size_t left = w->rows - t * PACK_ROWS;
-    return left < PACK_ROWS ? left : PACK_ROWS;
-}
-
+/* This file is compiled without FMA contraction: run.c's arithmetic. */
 void matvec_packed_f32_ref(float *out, const Tensor *w, const float *x) {
-    const size_t n = w->cols;
-    for (size_t t = 0; t < w->tiles; t++) {
-        const float *b = (const float *)(const void *)w->p + t * n * PACK_ROWS;
-        float acc[PACK_ROWS] = {0};
-        for (size_t j = 0; j < n; j++)
-            for (size_t r = 0; r < PACK_ROWS; r++) acc[r] += b[j * PACK_ROWS + r] * x[j];
-        for (size_t r = 0; r < tile_rows(w, t); r++) out[t * PACK_ROWS + r] = acc[r];
-    }
+    packed_f32_columns(out, w, x);
 }
 
 /* 4-bit two's complement nibbles of a byte, as ints. */
@@ -141,12 +135,7 @@ void dequantize_packed_row(float *out, const Tensor *w, size_t row) {
 void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs) {
     for (size_t g = 0, start = 0; start < n; g++, start += gs) {
         size_t len = n - start < gs ? n - start : gs;
-        float xmax = 0.0f;
-        for (size_t i = 0; i < len; i++) {
-            float a = fabsf(x[start + i]);
-            if (a > xmax) xmax = a;
-        }
-        float scale = xmax / 32767.0f;
+        float scale = abs_max(x + start, len) / 32767.0f;
         s[g] = scale;
         /* |x / scale| <= 32767 * (1 + 2^-23) rounds to at most 32767 */
         for (size_t i = 0; i < len; i++)
