@@ -4,16 +4,16 @@
 #   compiler, mmdebstrap, e2fsprogs, debootstrap (the riscv64 toolchain chroot) and Python
 #   for duo_builder; the repository is bind-mounted at its own path, build/ caches shared.
 # - sdk (the default): the vendor SDK (duo-buildroot-sdk-v2) and its Buildroot on top,
-#   driven by duo_builder.sdk_build with our external tree.
+#   driven by duo_builder.image.bases.sdk_build with our external tree.
 #
 # The base is a Debian bookworm image made offline and reproducibly from Debian's packages
-# (duo_builder.container: mmdebstrap minbase, with bookworm-updates and -security, then
+# (duo_builder.image.container: mmdebstrap minbase, with bookworm-updates and -security, then
 # imported), so no registry is needed. The build context is this file alone: no COPY.
 ARG BASE_IMAGE=localhost/duo-builder-base:bookworm
 FROM ${BASE_IMAGE} AS offline
 
 # Python from Debian (not requirements.txt's pins: no PyPI in the container); the kernel's
-# tools as duo_builder.qemu_image.kernel_host_deps lists them.
+# tools as duo_builder.image.bases.debian.kernel_host_deps lists them.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         bc bison ca-certificates debootstrap e2fsprogs flex gcc gcc-riscv64-linux-gnu git \
         gpgv libc6-dev linux-source-6.12 make mmdebstrap perl python3 python3-numpy \

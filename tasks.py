@@ -4,8 +4,8 @@ import sys
 
 from invoke import Context, Exit, task
 
-from duo_builder import engine as eng
 from duo_builder import paths
+from duo_builder.build import engine as eng
 
 
 def _fail(err: Exception) -> Exit:
@@ -84,8 +84,8 @@ def story(
 )
 def convert(c: Context, src: str, dst: str, format: str = "q8") -> None:
     """Convert a checkpoint to another format (atomic: dst appears only when complete)."""
-    from duo_builder.checkpoint import CheckpointError
-    from duo_builder.convert import convert as do_convert
+    from duo_builder.model.checkpoint import CheckpointError
+    from duo_builder.model.convert import convert as do_convert
 
     try:
         print(do_convert(src, dst, format))
@@ -105,7 +105,7 @@ def model(c: Context, sha256: str, url: str = "", path: str = "", name: str = ""
     """Fetch a model into the verified cache (resumable, sha256-checked); prints its path."""
     from pathlib import Path
 
-    from duo_builder.download import DownloadError, fetch_model
+    from duo_builder.model.download import DownloadError, fetch_model
 
     try:
         got = fetch_model(
@@ -155,12 +155,12 @@ def bench(
 ) -> None:
     """The contest protocol, for each compute path side by side: tok/s, RSS, story match.
     With --riscv: instructions/token under QEMU, bytes/token, RSS and a modelled Duo tok/s."""
-    from duo_builder import bench as b
-    from duo_builder import faithful_bench as fb
-    from duo_builder import fidelity as fid
-    from duo_builder import riscv_bench as rb
-    from duo_builder.hostdeps import HostDependencyError
-    from duo_builder.toolchain import ToolchainError
+    from duo_builder.bench import contest as b
+    from duo_builder.bench import faithful as fb
+    from duo_builder.bench import fidelity as fid
+    from duo_builder.bench import riscv as rb
+    from duo_builder.build.hostdeps import HostDependencyError
+    from duo_builder.build.toolchain import ToolchainError
 
     try:
         if fidelity:
@@ -185,13 +185,13 @@ def bench(
 
 def _image_errors() -> tuple[type[Exception], ...]:
     """Everything building or booting an image reports as one sentence (no traceback)."""
-    from duo_builder.container import ContainerError
-    from duo_builder.download import DownloadError
-    from duo_builder.hostdeps import HostDependencyError
-    from duo_builder.image import ImageError
-    from duo_builder.qemu_image import QemuImageError
-    from duo_builder.recipe import RecipeError
-    from duo_builder.remaster import RemasterError
+    from duo_builder.build.hostdeps import HostDependencyError
+    from duo_builder.image.bases.debian import QemuImageError
+    from duo_builder.image.bases.remaster import RemasterError
+    from duo_builder.image.container import ContainerError
+    from duo_builder.image.pipeline import ImageError
+    from duo_builder.image.recipe import RecipeError
+    from duo_builder.model.download import DownloadError
 
     return (
         ImageError,
@@ -220,7 +220,7 @@ def _quote(s: str) -> str:
 def image(c: Context, recipe: str = "duo-64m", no_container: bool = False) -> None:
     """Build out/<recipe>.img with its .sha256 and .manifest.json (in the builder container
     when a Docker or Podman engine answers at DOCKER_HOST)."""
-    from duo_builder import image as img
+    from duo_builder.image import pipeline as img
 
     try:
         built = img.build(recipe, where="here" if no_container else "auto")
@@ -232,8 +232,8 @@ def image(c: Context, recipe: str = "duo-64m", no_container: bool = False) -> No
 @task
 def podman(c: Context) -> None:
     """Serve a private Podman engine for `invoke image` until Ctrl-C (prints its DOCKER_HOST)."""
-    from duo_builder.hostdeps import HostDependencyError
-    from duo_builder.podman import PodmanError, serve
+    from duo_builder.build.hostdeps import HostDependencyError
+    from duo_builder.image.podman import PodmanError, serve
 
     try:
         serve()
@@ -244,7 +244,7 @@ def podman(c: Context) -> None:
 @task
 def recipes(c: Context) -> None:
     """List the recipes with what each builds."""
-    from duo_builder import recipe as rcp
+    from duo_builder.image import recipe as rcp
 
     for name in rcp.available():
         r = rcp.load(name)
@@ -267,8 +267,8 @@ def qemu(
     timeout: int = 600,
 ) -> None:
     """Build (if needed) and boot the offline image in a 64 MB QEMU machine; one story."""
-    from duo_builder import image as img
-    from duo_builder import qemu_image
+    from duo_builder.image import pipeline as img
+    from duo_builder.image.bases import debian as qemu_image
 
     try:
         built = img.build(recipe)
@@ -294,8 +294,8 @@ def flash(c: Context, image: str, device: str) -> None:
     """Write an image to a TF card (refuses mounted/system disks), then verify it."""
     from pathlib import Path
 
-    from duo_builder.flash import FlashError
-    from duo_builder.flash import flash as do_flash
+    from duo_builder.image.flash import FlashError
+    from duo_builder.image.flash import flash as do_flash
 
     try:
         print(f"{device}: written and verified, sha256 {do_flash(Path(image), Path(device))}")

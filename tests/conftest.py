@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import engine, hostdeps
+from duo_builder.build import engine, hostdeps
 from duo_builder.fsutil import sha256_file
+from duo_builder.model.synthetic import SYNTH15M_SHA256, make_synthetic
 from duo_builder.paths import BUILD, MODELS
-from duo_builder.synthetic import SYNTH15M_SHA256, make_synthetic
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def synth15m() -> Path:
 @pytest.fixture(scope="session")
 def packed_models(synth15m, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """{(model file name, fp32|q8|q4|faithful): packed file} for stories260K and synth15m."""
-    from duo_builder.convert import convert
+    from duo_builder.model.convert import convert
 
     out = tmp_path_factory.mktemp("packed")
     sources = {"stories260K.bin": MODELS / "stories260K.bin", "synth15m.bin": synth15m}

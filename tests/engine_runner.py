@@ -29,7 +29,7 @@ def run(
     binary: Path, args: Sequence[str | bytes], timeout: float = 300, prefix: Sequence[str] = ()
 ) -> Result:
     """Run `binary` with `args`; `prefix` runs it through another program (a QEMU command
-    from duo_builder.engine.runner for a riscv64 build)."""
+    from duo_builder.build.engine.runner for a riscv64 build)."""
     env = {**os.environ, **SANITIZER_ENV}
     cmd = [*prefix, str(binary), *args]
     p = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env)

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from duo_builder.hostdeps import ensure_commands
+from duo_builder.build.hostdeps import ensure_commands
 
 EPOCH = 1_700_000_000
 UUID = "4d696c6b-5600-4475-6f00-000000000001"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duo_builder.checkpoint import (
+from duo_builder.fsutil import sha256_file
+from duo_builder.model.checkpoint import (
     FREQ_NAMES,
     V0_ORDER,
     CheckpointError,
@@ -23,10 +24,9 @@ from duo_builder.checkpoint import (
     write_v0,
     write_v1,
 )
-from duo_builder.convert import convert
-from duo_builder.fsutil import sha256_file
+from duo_builder.model.convert import convert
+from duo_builder.model.synthetic import SYNTH15M_BYTES, SYNTH15M_SHA256, make_synthetic
 from duo_builder.paths import SHARED
-from duo_builder.synthetic import SYNTH15M_BYTES, SYNTH15M_SHA256, make_synthetic
 
 TOOLS = SHARED / "tools"
 needs_shared = pytest.mark.skipif(not TOOLS.is_dir(), reason="../shared/tools is not present")

@@ -1,5 +1,5 @@
 """`invoke image` in the builder container, through a real Podman service (Debian's podman
-behind a Docker-compatible socket, started by duo_builder.podman; installed if missing).
+behind a Docker-compatible socket, started by duo_builder.image.podman; installed if missing).
 
 The offline recipe built in the Dockerfile's `offline` stage must give the very bytes a
 build on this host gives. Both share build/ through the bind mount: the riscv64 toolchain
@@ -16,9 +16,9 @@ import json
 
 import pytest
 
-from duo_builder import image
+from duo_builder.image import pipeline as image
+from duo_builder.image.podman import podman_service
 from duo_builder.paths import BUILD
-from duo_builder.podman import podman_service
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_offline_image_built_in_the_container_equals_the_host_build(
 def test_podman_service_stops_and_cleans_up(tmp_path, podman):
     import os
 
-    from duo_builder.podman import PodmanError
+    from duo_builder.image.podman import PodmanError
 
     with pytest.raises(PodmanError, match="already answers"):  # never two on one socket
         with podman_service(podman.socket.parent):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder.download import DownloadError, fetch_model
+from duo_builder.model.download import DownloadError, fetch_model
 
 PAYLOAD = random.Random(1234).randbytes(300_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

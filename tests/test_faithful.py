@@ -12,8 +12,8 @@ import pytest
 from test_malformed import assert_clean_error, story_args, with_int, write
 from test_packed import STORIES15M, entry_field, offset_of
 
-from duo_builder import packed
-from duo_builder.checkpoint import read_checkpoint
+from duo_builder.model import packed
+from duo_builder.model.checkpoint import read_checkpoint
 from duo_builder.paths import MODELS
 from engine_runner import Result, first_difference, run_many
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import flash as fl
-from duo_builder.flash import FlashError, Mount, flash, parse_mounts, refusal
+from duo_builder.image import flash as fl
+from duo_builder.image.flash import FlashError, Mount, flash, parse_mounts, refusal
 
 MIB = 1 << 20
 

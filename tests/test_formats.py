@@ -3,8 +3,8 @@ Q8_0 close to fp32 (and English on the real model)."""
 
 import pytest
 
-from duo_builder.checkpoint import read_checkpoint, unshare_classifier, write_v0, write_v1
-from duo_builder.convert import convert
+from duo_builder.model.checkpoint import read_checkpoint, unshare_classifier, write_v0, write_v1
+from duo_builder.model.convert import convert
 from duo_builder.paths import MODELS
 from engine_runner import GOLDENS, first_difference, load_goldens, run, run_many
 

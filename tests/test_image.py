@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from duo_builder import image
+from duo_builder.image import pipeline as image
 from duo_builder.paths import REPO
 
 

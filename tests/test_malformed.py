@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder.convert import convert
+from duo_builder.model.convert import convert
 from duo_builder.paths import MODELS
 from engine_runner import run
 

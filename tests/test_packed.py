@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from test_malformed import assert_clean_error, story_args, with_int, write
 
-from duo_builder import packed
-from duo_builder.checkpoint import Config, read_checkpoint
-from duo_builder.convert import convert
+from duo_builder.model import packed
+from duo_builder.model.checkpoint import Config, read_checkpoint
+from duo_builder.model.convert import convert
 from duo_builder.paths import MODELS
 from engine_runner import first_difference, run
 

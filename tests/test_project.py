@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from duo_builder import engine
+from duo_builder.build import engine
 from duo_builder.paths import REPO
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duo_builder import engine
-from duo_builder import qemu_image as qi
+from duo_builder.build import engine
+from duo_builder.image.bases import debian as qi
 from duo_builder.paths import BUILD, ENGINE_SRC
 
 pytestmark = pytest.mark.slow

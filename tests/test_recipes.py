@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from duo_builder import recipe
+from duo_builder.image import recipe
 from duo_builder.paths import REPO
 
 

@@ -28,9 +28,9 @@ from remaster_fixture import (
     run,
 )
 
-from duo_builder import remaster as rm
-from duo_builder.hostdeps import HostDependencyError
-from duo_builder.remaster import RemasterError, remaster
+from duo_builder.build.hostdeps import HostDependencyError
+from duo_builder.image.bases import remaster as rm
+from duo_builder.image.bases.remaster import RemasterError, remaster
 
 MODEL = bytes(range(256)) * 300 + b"tail"  # 76.8 kB, not block-aligned
 RUNNER = b'#!/bin/sh\nexec /opt/story/llama2 "$@"\n'

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import engine, toolchain
-from duo_builder.convert import convert
+from duo_builder.build import engine, toolchain
+from duo_builder.model.convert import convert
 from duo_builder.paths import BUILD, MODELS
 from engine_runner import GOLDENS, first_difference, load_goldens, run_many
 

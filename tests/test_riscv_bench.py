@@ -1,4 +1,4 @@
-"""The pure parts of `invoke bench --riscv` (duo_builder/riscv_bench.py): the cycle model
+"""The pure parts of `invoke bench --riscv` (duo_builder/bench/riscv.py): the cycle model
 on hand-written disassembly, bytes per token from hand-written headers, and the QEMU
 counting plugin on a tiny static riscv64 program. The benchmark itself is not a test."""
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import riscv_bench as rb
-from duo_builder import toolchain
-from duo_builder.checkpoint import MAGIC
+from duo_builder.bench import riscv as rb
+from duo_builder.build import toolchain
+from duo_builder.model.checkpoint import MAGIC
 from duo_builder.paths import BUILD
 
 LISTING = """

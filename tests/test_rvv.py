@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from duo_builder import engine, toolchain
-from duo_builder.convert import convert
+from duo_builder.build import engine, toolchain
+from duo_builder.model.convert import convert
 from duo_builder.paths import BUILD, ENGINE_SRC, MODELS
 from engine_runner import first_difference, run, run_many
 
@@ -113,7 +113,7 @@ static void check_q80(size_t rows, size_t cols, size_t gs, size_t misalign, int 
     free(w); free(x); free(wq); free(xq); free(sbuf); free(ws); free(xs); free(out); free(ref);
 }
 
-/* ---- packed row tiles (FORMAT.md), laid out as duo_builder/packed.py writes them: the
+/* ---- packed row tiles (FORMAT.md), laid out as duo_builder/model/packed.py writes them: the
  * last tile's missing rows and the last group's missing columns are zeros. Activations as
  * the engine's: runq.c's quantization, whole groups (values past cols are left-over
  * junk there, which the zero columns cancel). */

@@ -203,7 +203,7 @@ def test_riscv64_build_speaks_under_qemu(rv64gcv_engine, storyteller, tmp_path, 
     """The RVV 1.0 build, dynamically linked against Debian sid's riscv64 espeak-ng,
     pocketsphinx and alsa (Debian ships none of them static), run by qemu-riscv64 with the
     toolchain chroot as its sysroot: the same spoken round trip as on the host."""
-    from duo_builder import engine
+    from duo_builder.build import engine
 
     binary = engine.binary("rv64gcv", "storyteller")
     runner = engine.runner("rv64gcv", "storyteller")

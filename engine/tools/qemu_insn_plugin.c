@@ -1,6 +1,6 @@
 /* A QEMU TCG plugin that counts executed guest instructions per address.
  *
- * For `invoke bench --riscv` (duo_builder/riscv_bench.py): the counts, weighed by the
+ * For `invoke bench --riscv` (duo_builder/bench/riscv.py): the counts, weighed by the
  * cycle model in engine/CYCLE_MODEL.md, predict the Milk-V Duo's speed without a board.
  * Not part of the engine: built on demand with the host's gcc into build/qemu-plugin/.
  *

@@ -24,9 +24,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .fsutil import atomic_writer, exclusive_lock
-from .hostdeps import HostDependencyError, ensure_commands
-from .paths import BUILD, REPO
+from duo_builder.build.hostdeps import HostDependencyError, ensure_commands
+from duo_builder.fsutil import atomic_writer, exclusive_lock
+from duo_builder.paths import BUILD, REPO
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "sid"
@@ -73,7 +73,7 @@ KEY_PACKAGES = (
 )
 
 APT_CONF = """\
-// Written by duo_builder.toolchain. sid's InRelease on the mirror may be past Valid-Until.
+// Written by duo_builder.build.toolchain. sid's InRelease on the mirror may be past Valid-Until.
 Acquire::Check-Valid-Until "false";
 Acquire::Check-Date "false";
 Acquire::Languages "none";

@@ -10,8 +10,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from duo_builder.checkpoint import Config, freq_cis, v0_header
 from duo_builder.fsutil import atomic_writer
+from duo_builder.model.checkpoint import Config, freq_cis, v0_header
 
 # name: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
 PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {

@@ -32,10 +32,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TextIO
 
-from . import engine, toolchain
-from .checkpoint import MAGIC, Config
-from .hostdeps import ensure_commands
-from .paths import BUILD, ENGINE_SRC, LLAMA_TOKENIZER
+from duo_builder.build import engine, toolchain
+from duo_builder.build.hostdeps import ensure_commands
+from duo_builder.model.checkpoint import MAGIC, Config
+from duo_builder.paths import BUILD, ENGINE_SRC, LLAMA_TOKENIZER
 
 # --- the cycle model (engine/CYCLE_MODEL.md) -----------------------------------------------
 VLEN = 128  # bits: the C906's vector registers
@@ -709,7 +709,7 @@ def per_token(
 def host_rss_kb(host: Path, c: Configuration, tokenizer: Path) -> int:
     """Peak RSS of the host build on the same model and path, the contest's full run
     (GNU time: RSS under QEMU would include QEMU's own)."""
-    from .bench import BenchError, run_once
+    from duo_builder.bench.contest import BenchError, run_once
 
     extra = ["-k", c.kpath] if c.kpath else []
     try:
@@ -819,7 +819,7 @@ def default_configurations(
     """fp32 -k ref, fp32 -k fast, its v2 Q8_0 conversion -k q80 and its packed fp32 (-k ref
     and fast), q8 and q4 conversions (synth15m unless `model` is given), then each extra
     model on the engine's default path."""
-    from .bench import converted, default_model
+    from duo_builder.bench.contest import converted, default_model
 
     fp32 = model or default_model()
     where = BUILD / "bench" if model else fp32.parent

@@ -3,8 +3,8 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from duo_builder.checkpoint import Checkpoint, read_checkpoint, write_q80, write_v0, write_v1
-from duo_builder.packed import write_packed
+from duo_builder.model.checkpoint import Checkpoint, read_checkpoint, write_q80, write_v0, write_v1
+from duo_builder.model.packed import write_packed
 
 Writer = Callable[[Checkpoint, Path], Path]
 

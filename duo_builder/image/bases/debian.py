@@ -32,9 +32,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import atomic_writer, exclusive_lock, sha256_file
-from .hostdeps import ensure_commands, ensure_packages
-from .paths import BUILD, REPO
+from duo_builder.build.hostdeps import ensure_commands, ensure_packages
+from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
+from duo_builder.paths import BUILD, REPO
 
 BOARD = REPO / "buildroot-external" / "board" / "qemu-virt"
 KERNEL_FRAGMENT = BOARD / "linux.fragment"

@@ -1,17 +1,17 @@
 """The builder container, driven through the docker SDK (Docker, or Podman's Docker-
-compatible socket via DOCKER_HOST; duo_builder.podman starts a private one).
+compatible socket via DOCKER_HOST; duo_builder.image.podman starts a private one).
 
 - The Dockerfile's base is Debian bookworm made by mmdebstrap from Debian's mirror and
   imported (no registry; the tarball stays in build/container/: delete it to refresh); its
   two stages are built on demand, tagged by a hash of the Dockerfile, the stage and the
   base's id, so a tag that exists is reused without asking the engine to build anything.
-- offline recipe (qemu-virt-64m): `run_offline_build` runs `python3 -m duo_builder.container`
+- offline recipe (qemu-virt-64m): `run_offline_build` runs `python3 -m duo_builder.image.container`
   in the `offline` stage with the repository bind-mounted read-write at its own absolute
   path, so build/ (toolchain chroot, kernel and rootfs caches, engine objects) is shared
   with the host and a warm build stays fast; the output directory is mounted the same way.
   Inside, image.build runs the very steps a host build runs and its manifest records the
   builder image (`built_in`).
-- vendor SDK (duo-64m): `run_sdk_build` runs duo_builder/sdk_build.py in the `sdk` stage,
+- vendor SDK (duo-64m): `run_sdk_build` runs image/bases/sdk_build.py in the `sdk` stage,
   the repository mounted read-only.
 Every run streams its output to a log file under build/container/ and is removed after.
 """
@@ -35,9 +35,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .fsutil import atomic_writer, exclusive_lock, sha256_file
-from .paths import BUILD, REPO, cache_dir
-from .recipe import Recipe
+from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
+from duo_builder.image.recipe import Recipe
+from duo_builder.paths import BUILD, REPO, cache_dir
 
 BASE_IMAGE = "localhost/duo-builder-base:bookworm"
 DOCKERFILE = REPO / "Dockerfile"
@@ -59,7 +59,7 @@ GIT_TRUSTS_THE_MOUNT = {
     "GIT_CONFIG_VALUE_0": "*",
 }
 # The offline build chroots into build/toolchains/ (unshare --mount, mount, chroot: see
-# duo_builder.toolchain): CAP_SYS_ADMIN is the one capability it needs beyond the engines'
+# duo_builder.build.toolchain): CAP_SYS_ADMIN is the one capability it needs beyond the engines'
 # defaults, also when debootstrap makes that chroot on a cold cache (tried with Podman 4.3:
 # toolchain, kernel, rootfs and image from nothing). Not --privileged.
 OFFLINE_CAPS = ["SYS_ADMIN"]
@@ -140,7 +140,7 @@ def _ensure_base(client: Any) -> str:
 
 
 def _make_base_tarball(tarball: Path) -> None:
-    from .hostdeps import ensure_commands
+    from duo_builder.build.hostdeps import ensure_commands
 
     ensure_commands({"mmdebstrap": "mmdebstrap"}, "making the builder's base image")
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +278,7 @@ def _run_logged(
 
 def run_offline_build(r: Recipe, out: Path) -> Path:
     """Build a `debian` recipe in the offline stage; returns the manifest it wrote in `out`."""
-    from .image import source_date_epoch
+    from duo_builder.image.pipeline import source_date_epoch
 
     with _engine_errors():
         return _run_offline_build(r, out, source_date_epoch())
@@ -307,7 +307,8 @@ def _run_offline_build(r: Recipe, out: Path, epoch: int) -> Path:
     manifest = out / f"{r.name}.manifest.json"
     _run_logged(
         client, image,
-        ["python3", "-m", "duo_builder.container", "--recipe", str(r.source), "--out", str(out)],
+        ["python3", "-m", "duo_builder.image.container",
+         "--recipe", str(r.source), "--out", str(out)],
         log=LOGS / f"{r.name}.log", what=f"the {r.name} build in the container", echo=True,
         working_dir=str(REPO), volumes=volumes, environment=env,
         cap_add=OFFLINE_CAPS, security_opt=OFFLINE_SECURITY,
@@ -320,9 +321,9 @@ def _run_offline_build(r: Recipe, out: Path, epoch: int) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Inside the container: build a recipe here, exactly as on a host."""
-    from . import image as img
+    from duo_builder.image import pipeline as img
 
-    parser = argparse.ArgumentParser(prog="python3 -m duo_builder.container")
+    parser = argparse.ArgumentParser(prog="python3 -m duo_builder.image.container")
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -358,7 +359,7 @@ def _run_sdk_build(
     work = BUILD / "sdk" / r.name
     payload = work / "payload"
     shutil.rmtree(payload, ignore_errors=True)
-    from . import engine
+    from duo_builder.build import engine
 
     files = {
         # our static build for the recipe's target (c906: gcc 15's XTheadVector kernels)
@@ -375,7 +376,7 @@ def _run_sdk_build(
             f.write(data)
     (payload / "usr/bin/llama2").chmod(0o755)
     command = [
-        "python3", "/repo/duo_builder/sdk_build.py", "--repo", r.base.repo,
+        "python3", "/repo/duo_builder/image/bases/sdk_build.py", "--repo", r.base.repo,
         "--commit", r.base.commit, "--board", r.base.board, "--ion-mb", str(r.ion_mb),
         "--recipe", r.name, "--external", "/repo/buildroot-external",
         "--payload", "/work/payload", "--work", "/work", "--out", "/work/out",
@@ -395,13 +396,13 @@ def _run_sdk_build(
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """What a build reports as a sentence (as tasks.py does on the host)."""
-    from .download import DownloadError
-    from .engine import EngineError
-    from .hostdeps import HostDependencyError
-    from .image import ImageError
-    from .qemu_image import QemuImageError
-    from .recipe import RecipeError
-    from .toolchain import ToolchainError
+    from duo_builder.build.engine import EngineError
+    from duo_builder.build.hostdeps import HostDependencyError
+    from duo_builder.build.toolchain import ToolchainError
+    from duo_builder.image.bases.debian import QemuImageError
+    from duo_builder.image.pipeline import ImageError
+    from duo_builder.image.recipe import RecipeError
+    from duo_builder.model.download import DownloadError
 
     return (
         ContainerError, DownloadError, EngineError, HostDependencyError, ImageError,

@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import engine, recipe
-from .convert import convert
-from .download import fetch_model
-from .fsutil import atomic_writer, sha256_file
-from .paths import BUILD, REPO
+from duo_builder.build import engine
+from duo_builder.fsutil import atomic_writer, sha256_file
+from duo_builder.image import recipe
+from duo_builder.model.convert import convert
+from duo_builder.model.download import fetch_model
+from duo_builder.paths import BUILD, REPO
 
 OUT = REPO / "out"
 OFFLINE_RECIPE = "qemu-virt-64m"
@@ -125,7 +126,7 @@ def autostart_defaults(r: recipe.Recipe) -> bytes:
 def built_in(builder: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where the build ran: this host, or a builder container (its image, for the manifest).
     `builder` is container.BuilderImage's fields; default: the container we are in, if any."""
-    from .container import in_container
+    from duo_builder.image.container import in_container
 
     builder = builder or in_container()
     if not builder:
@@ -182,7 +183,7 @@ def _manifest(
 
 
 def _build_debian(r: recipe.Recipe, out: Path, where: Where) -> Built:
-    from .container import engine_problem, in_container
+    from duo_builder.image.container import engine_problem, in_container
 
     if where == "here" or in_container():
         if where == "here" and not in_container():
@@ -205,7 +206,7 @@ def _build_debian(r: recipe.Recipe, out: Path, where: Where) -> Built:
 
 def _build_debian_in_container(r: recipe.Recipe, out: Path) -> Built:
     """The same build in the Dockerfile's offline stage; the image lands in `out`."""
-    from .container import run_offline_build
+    from duo_builder.image.container import run_offline_build
 
     manifest = run_offline_build(r, out)
     image = manifest.with_name(f"{r.name}.img")
@@ -217,7 +218,8 @@ def _build_debian_in_container(r: recipe.Recipe, out: Path) -> Built:
 
 
 def _build_debian_here(r: recipe.Recipe, out: Path) -> Built:
-    from . import qemu_image, toolchain
+    from duo_builder.build import toolchain
+    from duo_builder.image.bases import debian as qemu_image
 
     llama2 = engine.build(r.engine_target)
     storyteller = engine.binary(r.engine_target, "storyteller")
@@ -261,7 +263,7 @@ def _build_debian_here(r: recipe.Recipe, out: Path) -> Built:
 
 
 def _build_remaster(r: recipe.Recipe, out: Path) -> Built:
-    from .remaster import remaster
+    from duo_builder.image.bases.remaster import remaster
 
     where = f"recipes/{r.name}.yaml"
     if not r.base.sha256:
@@ -314,7 +316,7 @@ def _unpacked_image(archive: Path, work: Path) -> Path:
 
 def missing_for_sdk() -> list[str]:
     """What an SDK build lacks here: a container engine, network access."""
-    from .container import engine_problem
+    from duo_builder.image.container import engine_problem
 
     missing = []
     problem = engine_problem()
@@ -336,7 +338,7 @@ def _build_sdk(r: recipe.Recipe, out: Path) -> Built:
             f"in a container and needs {' and '.join(missing)}; "
             f"the {OFFLINE_RECIPE} recipe builds offline: invoke image --recipe {OFFLINE_RECIPE}"
         )
-    from .container import run_sdk_build
+    from duo_builder.image.container import run_sdk_build
 
     with tempfile.TemporaryDirectory(prefix="payload-", dir=BUILD) as tmp:
         model, tokenizer = model_for_image(r, Path(tmp))

@@ -24,13 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import atomic_writer
-from .hostdeps import ensure_packages
-from .paths import BUILD
+from duo_builder.build.hostdeps import ensure_packages
+from duo_builder.fsutil import atomic_writer
+from duo_builder.paths import BUILD
 
 WHERE = BUILD / "podman"
 CONTAINERS_CONF = """\
-# Written by duo_builder.podman: what Debian's podman 4.3 needs on these machines.
+# Written by duo_builder.image.podman: what Debian's podman 4.3 needs on these machines.
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .paths import REPO
+from duo_builder.paths import REPO
 
 RECIPES = REPO / "recipes"
 BOARDS = ("milkv-duo", "qemu-virt")

@@ -15,7 +15,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench import CONTEST_ARGS, GNU_TIME, TOKS_RE, BenchError, converted, prepare
+from duo_builder.bench.contest import (
+    CONTEST_ARGS,
+    GNU_TIME,
+    TOKS_RE,
+    BenchError,
+    converted,
+    prepare,
+)
 
 STATS_RE = re.compile(
     r"faithful: steps (\d+), by bounds alone ([0-9.]+), without full fallback ([0-9.]+), "

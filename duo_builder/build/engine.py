@@ -1,7 +1,7 @@
 """Building the C engine for a target and running it.
 
 Host targets build with the host's compiler. RISC-V targets build inside the Debian sid
-toolchain chroot (duo_builder.toolchain: gcc 15, the only gcc that compiles the C906's
+toolchain chroot (duo_builder.build.toolchain: gcc 15, the only gcc that compiles the C906's
 XTheadVector soundly) and run under qemu-riscv64-static where QEMU can emulate them."""
 
 import os
@@ -10,9 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import toolchain
-from .hostdeps import HostDependencyError, ensure_packages
-from .paths import BUILD, ENGINE_SRC, REPO
+from duo_builder.build import toolchain
+from duo_builder.build.hostdeps import HostDependencyError, ensure_packages
+from duo_builder.paths import BUILD, ENGINE_SRC, REPO
 
 
 class EngineError(Exception):

@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import engine
-from .hostdeps import ensure_commands
-from .paths import BUILD, LLAMA_TOKENIZER
+from duo_builder.build import engine
+from duo_builder.build.hostdeps import ensure_commands
+from duo_builder.paths import BUILD, LLAMA_TOKENIZER
 
 GNU_TIME = "/usr/bin/time"
 CONTEST_ARGS = ["-t", "1.0", "-p", "0.9", "-s", "123", "-i", "Once upon a time"]
@@ -71,7 +71,7 @@ def run_once(
 
 def converted(fp32: Path, fmt: str, where: Path) -> Path:
     """`fp32` in format `fmt` (q80, or packed fp32/q8/q4), converted when missing or stale."""
-    from .convert import convert
+    from duo_builder.model.convert import convert
 
     out = where / f"{fp32.stem}-{fmt}.bin"
     if not out.exists() or out.stat().st_mtime < fp32.stat().st_mtime:
@@ -81,7 +81,7 @@ def converted(fp32: Path, fmt: str, where: Path) -> Path:
 
 def default_model() -> Path:
     """synth15m (stories15M's exact shape), made once."""
-    from .synthetic import make_synthetic
+    from duo_builder.model.synthetic import make_synthetic
 
     fp32 = BUILD / "test-models" / "synth15m.bin"
     if not fp32.exists():

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine
-from .paths import LLAMA_TOKENIZER, MODELS
+from duo_builder.build import engine
+from duo_builder.paths import LLAMA_TOKENIZER, MODELS
 
 SUMMARY = re.compile(
     r"summary: seeds (\d+) identical (\d+) mean_departure ([0-9.]+) top1 ([0-9.]+) "
@@ -52,7 +52,7 @@ def measure(
 
 
 def main(seeds: int = 20, steps: int = 256) -> list[Agreement]:
-    from .bench import converted, default_model
+    from duo_builder.bench.contest import converted, default_model
 
     if seeds < 1 or steps < 2:
         raise FidelityError("--seeds must be >= 1 and steps >= 2")

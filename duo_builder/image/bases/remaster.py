@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
+from duo_builder.build.hostdeps import HostDependencyError, ensure_commands
 from duo_builder.fsutil import atomic_writer, sha256_file
-from duo_builder.hostdeps import HostDependencyError, ensure_commands
 
 SECTOR = 512
 CHUNK = 4 << 20

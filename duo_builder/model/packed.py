@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from duo_builder.checkpoint import Checkpoint, CheckpointError, Config, tensor_shapes
 from duo_builder.fsutil import atomic_writer
+from duo_builder.model.checkpoint import Checkpoint, CheckpointError, Config, tensor_shapes
 
 MAGIC = b"DUOPACK\0"
 VERSION = 1
