@@ -1,15 +1,42 @@
-"""Tasks: a thin command line over the duo_builder package (`invoke --list`)."""
+"""Tasks: a thin command line over the duo_builder package (`invoke --list`).
 
+Every task runs through `task` below: a BuildError (the one base of the errors a user can
+fix, duo_builder/errors.py) ends the task as one line, `error: ...`; anything else is a
+bug and keeps its traceback."""
+
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from invoke import Context, Exit, task
+import invoke
+from invoke import Context, Exit
 
 from duo_builder import paths
 from duo_builder.build import engine as eng
+from duo_builder.errors import BuildError
 
 
 def _fail(err: Exception) -> Exit:
     return Exit(f"error: {err}", code=1)
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke's @task, with BuildError caught once for every task."""
+
+    def decorate(body: Callable[..., Any]) -> Any:
+        @functools.wraps(body)
+        def caught(*a: Any, **kw: Any) -> Any:
+            try:
+                return body(*a, **kw)
+            except BuildError as e:
+                raise _fail(e) from None
+
+        return invoke.task(caught, **kwargs)
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:  # bare @task
+        return decorate(args[0])
+    return decorate
 
 
 @task(
@@ -21,11 +48,7 @@ def _fail(err: Exception) -> Exit:
 )
 def engine(c: Context, target: str = "host", check: bool = False) -> None:
     """Build the llama2 engine into build/<target>/llama2 (host, asan, rv64gc, rv64gcv, c906)."""
-    try:
-        path = eng.build(target, check=check)
-    except eng.EngineError as e:
-        raise _fail(e) from None
-    print(path)
+    print(eng.build(target, check=check))
 
 
 @task(
@@ -48,10 +71,7 @@ def story(
     tokenizer: str = "",
 ) -> None:
     """Build the engine and tell a story with the bundled default model."""
-    try:
-        binary = eng.build("host")
-    except eng.EngineError as e:
-        raise _fail(e) from None
+    binary = eng.build("host")
     model = model or str(paths.DEFAULT_MODEL)
     tokenizer = tokenizer or str(paths.DEFAULT_TOKENIZER)
     args = [
@@ -84,12 +104,11 @@ def story(
 )
 def convert(c: Context, src: str, dst: str, format: str = "q8") -> None:
     """Convert a checkpoint to another format (atomic: dst appears only when complete)."""
-    from duo_builder.model.checkpoint import CheckpointError
     from duo_builder.model.convert import convert as do_convert
 
     try:
         print(do_convert(src, dst, format))
-    except (CheckpointError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # a bad format name, a missing or unreadable file
         raise _fail(e) from None
 
 
@@ -105,14 +124,11 @@ def model(c: Context, sha256: str, url: str = "", path: str = "", name: str = ""
     """Fetch a model into the verified cache (resumable, sha256-checked); prints its path."""
     from pathlib import Path
 
-    from duo_builder.model.download import DownloadError, fetch_model
+    from duo_builder.model.download import fetch_model
 
-    try:
-        got = fetch_model(
-            sha256=sha256, url=url or None, path=Path(path) if path else None, name=name or None
-        )
-    except DownloadError as e:
-        raise _fail(e) from None
+    got = fetch_model(
+        sha256=sha256, url=url or None, path=Path(path) if path else None, name=name or None
+    )
     print(got)
 
 
@@ -159,50 +175,16 @@ def bench(
     from duo_builder.bench import faithful as fb
     from duo_builder.bench import fidelity as fid
     from duo_builder.bench import riscv as rb
-    from duo_builder.build.hostdeps import HostDependencyError
-    from duo_builder.build.toolchain import ToolchainError
 
-    try:
-        if fidelity:
-            fid.main(seeds=seeds)
-        elif faithful:
-            fb.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
-        elif riscv:
-            extra = [m for m in models.split(",") if m]
-            rb.main(models=extra, model=model or None, tokenizer=tokenizer or None, target=target)
-        else:
-            b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
-    except (
-        eng.EngineError,
-        b.BenchError,
-        fid.FidelityError,
-        rb.RiscvBenchError,
-        ToolchainError,
-        HostDependencyError,
-    ) as e:
-        raise _fail(e) from None
-
-
-def _image_errors() -> tuple[type[Exception], ...]:
-    """Everything building or booting an image reports as one sentence (no traceback)."""
-    from duo_builder.build.hostdeps import HostDependencyError
-    from duo_builder.image.bases.debian import QemuImageError
-    from duo_builder.image.bases.remaster import RemasterError
-    from duo_builder.image.container import ContainerError
-    from duo_builder.image.pipeline import ImageError
-    from duo_builder.image.recipe import RecipeError
-    from duo_builder.model.download import DownloadError
-
-    return (
-        ImageError,
-        RecipeError,
-        DownloadError,
-        eng.EngineError,
-        HostDependencyError,
-        QemuImageError,
-        RemasterError,
-        ContainerError,
-    )
+    if fidelity:
+        fid.main(seeds=seeds)
+    elif faithful:
+        fb.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
+    elif riscv:
+        extra = [m for m in models.split(",") if m]
+        rb.main(models=extra, model=model or None, tokenizer=tokenizer or None, target=target)
+    else:
+        b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
 
 
 def _quote(s: str) -> str:
@@ -222,23 +204,16 @@ def image(c: Context, recipe: str = "duo-64m", no_container: bool = False) -> No
     when a Docker or Podman engine answers at DOCKER_HOST)."""
     from duo_builder.image import pipeline as img
 
-    try:
-        built = img.build(recipe, where="here" if no_container else "auto")
-    except _image_errors() as e:
-        raise _fail(e) from None
+    built = img.build(recipe, where="here" if no_container else "auto")
     print(f"{built.image}\n{built.image}.sha256 {built.sha256}\n{built.manifest}")
 
 
 @task
 def podman(c: Context) -> None:
     """Serve a private Podman engine for `invoke image` until Ctrl-C (prints its DOCKER_HOST)."""
-    from duo_builder.build.hostdeps import HostDependencyError
-    from duo_builder.image.podman import PodmanError, serve
+    from duo_builder.image.podman import serve
 
-    try:
-        serve()
-    except (PodmanError, HostDependencyError) as e:
-        raise _fail(e) from None
+    serve()
 
 
 @task
@@ -270,21 +245,13 @@ def qemu(
     from duo_builder.image import pipeline as img
     from duo_builder.image.bases import debian as qemu_image
 
-    try:
-        built = img.build(recipe)
-        if built.kernel is None:
-            raise img.ImageError(f"{recipe} is not a QEMU recipe: boot it on the board")
-        results = img.OUT / f"{recipe}-boot"
-        boot = qemu_image.boot(
-            built.image,
-            built.kernel,
-            prompt=prompt,
-            steps=steps,
-            timeout=timeout,
-            results_dir=results,
-        )
-    except _image_errors() as e:
-        raise _fail(e) from None
+    built = img.build(recipe)
+    if built.kernel is None:
+        raise img.ImageError(f"{recipe} is not a QEMU recipe: boot it on the board")
+    results = img.OUT / f"{recipe}-boot"
+    boot = qemu_image.boot(
+        built.image, built.kernel, prompt=prompt, steps=steps, timeout=timeout, results_dir=results
+    )
     print(boot.console)
     print(f"results (console.log, story.txt, story.wav): {results}")
 
@@ -294,10 +261,6 @@ def flash(c: Context, image: str, device: str) -> None:
     """Write an image to a TF card (refuses mounted/system disks), then verify it."""
     from pathlib import Path
 
-    from duo_builder.image.flash import FlashError
     from duo_builder.image.flash import flash as do_flash
 
-    try:
-        print(f"{device}: written and verified, sha256 {do_flash(Path(image), Path(device))}")
-    except FlashError as e:
-        raise _fail(e) from None
+    print(f"{device}: written and verified, sha256 {do_flash(Path(image), Path(device))}")

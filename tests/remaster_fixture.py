@@ -28,6 +28,7 @@ ION_SIZE = 0x0100_0000  # 16 MiB, as on the 64 MB board
 FIXTURE_TOOLS = {
     "dtc": "device-tree-compiler",
     "fdtget": "device-tree-compiler",
+    "fdtput": "device-tree-compiler",
     "mkimage": "u-boot-tools",
     "dumpimage": "u-boot-tools",
     "genimage": "genimage",
@@ -306,3 +307,8 @@ def fdtget(blob: Path, node: str, prop: str | None = None, *flags: str) -> str:
 def fdtget_bytes(blob: Path, node: str, prop: str) -> bytes:
     """A property's raw bytes, read by dtc's own fdtget (independent of the code under test)."""
     return bytes(int(b, 16) for b in fdtget(blob, node, prop, "-t", "bx").split())
+
+
+def fdtput(blob: Path, node: str, prop: str, *values: str, type: str = "s") -> None:
+    """Set a property with dtc's own fdtput, creating the node path if needed (-p)."""
+    run(["fdtput", "-p", "-t", type, str(blob), node, prop, *values])

@@ -29,7 +29,7 @@ from duo_builder.model.synthetic import SYNTH15M_BYTES, SYNTH15M_SHA256, make_sy
 from duo_builder.paths import SHARED
 
 TOOLS = SHARED / "tools"
-needs_shared = pytest.mark.skipif(not TOOLS.is_dir(), reason="../shared/tools is not present")
+needs_shared = pytest.mark.needs_shared(TOOLS)  # conftest.py: fails in CI when missing
 
 STORIES260K_BYTES = 1_056_540
 # the weights every checkpoint has, in v0 order (no RoPE tables, no separate classifier)

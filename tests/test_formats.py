@@ -11,6 +11,11 @@ from engine_runner import GOLDENS, first_difference, load_goldens, run, run_many
 MODEL = MODELS / "stories260K.bin"
 TOK = MODELS / "tok512.bin"
 SEEDS = range(1, 21)
+# Floors for Q8_0's agreement with fp32 -k ref, measured 2026-12-06 (issue 10) with the
+# host build: where a story first differs (characters). Both paths are deterministic (exact
+# integer sums per group; run.c's order), so these are today's exact values, not estimates.
+GREEDY_Q80_DEPARTURE = 429  # stories260K, -t 0: at character 429 of 555
+Q80_MEAN_DEPARTURE = {"stories260K": 78.9, "synth15m": 25.3}  # seeds 1-10, 128 steps
 
 
 def stories(binary, model, tok=TOK, extra=(), seeds=SEEDS, prompt="Once upon a time"):
@@ -41,7 +46,7 @@ def test_variant_tells_the_v0_story(host_engine, variants, variant):
     assert got == want
 
 
-@pytest.mark.skipif(not GOLDENS.exists(), reason="goldens not present")
+@pytest.mark.needs_shared(GOLDENS)
 def test_v1_matches_goldens(host_engine, variants):
     cases = [c for c in load_goldens() if c["model"] == "stories260K.bin"]
     args = [[str(variants["v1"]), "-z", str(TOK), *c["args"], "-k", "ref"] for c in cases]
@@ -65,15 +70,17 @@ def test_q80_greedy_story_is_english(host_engine, s260_q80, capsys):
     common = {"the", "a", "and", "was", "to", "she", "he", "said", "her", "play"}
     assert len(words) > 60
     assert sum(w.lower().strip('.,!"') in common for w in words) > len(words) / 8, text
+    diff = first_difference(text, ref.stdout.decode())
     with capsys.disabled():
-        diff = first_difference(text, ref.stdout.decode())
         print(f"\nstories260K Q8_0 greedy: departs from fp32 at character {diff} of {len(text)}")
+    assert diff is None or diff >= GREEDY_Q80_DEPARTURE, f"departs at {diff}"
 
 
 def test_q80_agreement_with_reference(host_engine, s260_q80, synth15m, tmp_path, capsys):
-    """Q8_0 cannot match fp32 byte for byte: print where its stories depart (chars)."""
+    """Q8_0 cannot match fp32 byte for byte: print where its stories depart (chars), and
+    hold the mean departure (an identical story counts its length) to today's floor."""
     s15_q80 = convert(synth15m, tmp_path / "s15-q80.bin", "q80")
-    rows = []
+    rows, agreement = [], {}
     for name, fp32, q80, tok in (
         ("stories260K", MODEL, s260_q80, TOK),
         ("synth15m", synth15m, s15_q80, MODELS / "tokenizer.bin"),
@@ -86,5 +93,10 @@ def test_q80_agreement_with_reference(host_engine, s260_q80, synth15m, tmp_path,
         departs = [d for d in diffs if d is not None]
         mean = sum(departs) / len(departs) if departs else float("nan")
         rows.append(f"{name}: {same}/10 identical, others depart at char {mean:.0f} on average")
+        lengths = [d if d is not None else len(r) for d, r in zip(diffs, ref, strict=True)]
+        agreement[name] = sum(lengths) / len(lengths)
     with capsys.disabled():
         print("\nQ8_0 vs fp32 reference (128 steps, seeds 1-10):\n  " + "\n  ".join(rows))
+        print(f"  mean departure: {agreement}")
+    for name, floor in Q80_MEAN_DEPARTURE.items():
+        assert agreement[name] >= floor, f"{name}: Q8_0 departs earlier than it did: {agreement}"

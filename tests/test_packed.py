@@ -29,12 +29,31 @@ def s260(packed_models) -> dict[str, Path]:
 
 
 def test_bytes_per_token_for_the_15m_shape():
-    """The issue's budgets (MiB, as 58 MB = stories15M's fp32 file)."""
+    """The issue's budgets (MiB, as 58 MB = stories15M's fp32 file). The layers, the
+    classifier and the norms whole, and one 16-row tile of the embedding: the token's row
+    shares every cache line with the tile's other rows."""
     q8 = packed.streamed_bytes_per_token(STORIES15M, "q8")
     q4 = packed.streamed_bytes_per_token(STORIES15M, "q4")
     fp32 = packed.streamed_bytes_per_token(STORIES15M, "fp32")
     assert q8 <= 16.1 * MIB and q4 <= 9 * MIB
-    assert fp32 == (6 * (4 * 288 * 288 + 3 * 288 * 768) + 32000 * 288 + 13 * 288) * 4
+    tile = 16 * 288
+    assert fp32 == (6 * (4 * 288 * 288 + 3 * 288 * 768) + 32000 * 288 + 13 * 288 + tile) * 4
+    assert q8 - packed.tile_bytes("q8", 288) == 16_152_192  # 9 groups x 544-byte blocks
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "q8", "q4", "faithful"])
+def test_header_reads_back(fmt):
+    """parse_header() (what `invoke bench --riscv` reads) undoes header(), and refuses
+    what the engine refuses."""
+    head = packed.header(STORIES15M, fmt)
+    h = packed.parse_header(head)
+    assert (h.config, h.weights) == (STORIES15M, fmt)
+    assert [(k, layer, n) for k, layer, _, n in h.table] == [
+        (s.kind, s.layer, s.bytes) for s in packed.sections(STORIES15M, fmt)
+    ]
+    assert packed.header_length(head) == packed.TABLE_OFFSET + len(h.table) * packed.SECTION.size
+    with pytest.raises(ValueError, match="tile_rows 8"):
+        packed.parse_header(head[:48] + struct.pack("<i", 8) + head[52:])
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "q8", "q4"])

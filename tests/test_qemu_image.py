@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from duo_builder.build import engine
+from duo_builder.image import payload, recipe
 from duo_builder.image.bases import debian as qi
-from duo_builder.paths import BUILD, ENGINE_SRC
+from duo_builder.paths import BUILD
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ BOOT_TIMEOUT = 240.0
 
 def config_with(**overrides: str) -> str:
     """The shipped storyteller.conf with some values replaced (keys must exist in it)."""
-    text = qi.STORYTELLER_CONF.read_text()
+    text = payload.STORYTELLER_CONF.read_text()
     for key, value in overrides.items():
         text, n = re.subn(rf"(?m)^{key} =.*$", f"{key} = {value}", text)
         assert n == 1, f"storyteller.conf has no single '{key} =' line"
@@ -59,16 +60,16 @@ def guest_storyteller() -> Path | None:
 @pytest.fixture(scope="session")
 def image_inputs(rv64gcv_engine, guest_storyteller, stories260k, rootfs_base) -> dict:
     model, tokenizer = stories260k
-    return dict(
-        llama2=rv64gcv_engine,
-        storyteller=guest_storyteller,
-        model=model,
-        tokenizer=tokenizer,
-        story_dict=ENGINE_SRC / "storyteller" / "story.dict",
+    settings = payload.Settings(
         # the reference path: the guest's story must be the host engine's, token for token
         config_text=config_with(path="ref"),
-        init_script=qi.INIT_SCRIPT,
-        asound_conf=qi.asound_conf("none"),
+        autostart=payload.autostart_defaults(recipe.load("qemu-virt-64m")),
+        audio="none",
+    )
+    missing = "" if guest_storyteller else "the rv64gcv target builds no storyteller"
+    products = payload.Products(rv64gcv_engine, guest_storyteller, model, tokenizer, missing)
+    return dict(
+        payload=payload.declare(settings, products),
         source_date_epoch=EPOCH,
         size_mb=SIZE_MB,
         base=rootfs_base,
@@ -187,10 +188,9 @@ def test_image_defaults_start_a_story_without_a_prompt(image_inputs, qemu_kernel
     """/etc/default/storyteller (a recipe's autostart) tells S99storyteller what to do when
     the command line gives no prompt."""
     defaults = b"STORYTELLER_MODE=story\nSTORYTELLER_PROMPT='The dog'\n"
+    with_defaults = image_inputs["payload"].with_source("/etc/default/storyteller", defaults)
     img = qi.build_image(
-        **image_inputs,
-        out=tmp_path / "defaults.img",
-        extra_files={"/etc/default/storyteller": defaults},
+        **{**image_inputs, "payload": with_defaults}, out=tmp_path / "defaults.img"
     )
     assert "/etc/default/storyteller" in {f.path for f in img.files}
     r = qi.boot(img.path, qemu_kernel, prompt=None, steps=30, timeout=BOOT_TIMEOUT,
@@ -201,7 +201,8 @@ def test_image_defaults_start_a_story_without_a_prompt(image_inputs, qemu_kernel
 
 def test_without_the_storyteller_llama2_and_espeak_ng_tell_it(image_inputs, qemu_kernel, tmp_path):
     """S99storyteller's fallback for images without the storyteller binary."""
-    img = qi.build_image(**{**image_inputs, "storyteller": None}, out=tmp_path / "bare.img")
+    bare = image_inputs["payload"].without("/usr/bin/storyteller", "the fallback's test")
+    img = qi.build_image(**{**image_inputs, "payload": bare}, out=tmp_path / "bare.img")
     assert "/usr/bin/storyteller" not in {f.path for f in img.files}
     r = qi.boot(img.path, qemu_kernel, prompt=PROMPT, steps=40, seed=SEED,
                 timeout=BOOT_TIMEOUT, results_dir=tmp_path / "boot")  # fmt: skip
@@ -214,10 +215,10 @@ def test_without_the_storyteller_llama2_and_espeak_ng_tell_it(image_inputs, qemu
 
 
 def test_every_audio_route_has_an_alsa_configuration():
-    for audio in ("usb", "i2s-max98357a", "none"):
-        assert "pcm.!default" in qi.asound_conf(audio).read_text()
-    with pytest.raises(qi.QemuImageError, match="known: i2s-max98357a, none, usb"):
-        qi.asound_conf("hdmi")
+    for audio in ("usb", "none"):
+        assert "pcm.!default" in payload.asound_conf(audio).read_text()
+    with pytest.raises(payload.PayloadError, match="known: none, usb"):
+        payload.asound_conf("hdmi")
 
 
 def test_kernel_config_check_catches_dropped_settings():

@@ -25,10 +25,12 @@ from remaster_fixture import (
     fat_read,
     fdtget,
     fdtget_bytes,
+    fdtput,
     run,
 )
 
 from duo_builder.build.hostdeps import HostDependencyError
+from duo_builder.image import fdt, fit
 from duo_builder.image.bases import remaster as rm
 from duo_builder.image.bases.remaster import RemasterError, remaster
 
@@ -185,7 +187,8 @@ def test_fit_hashes_valid_and_configuration_kept(release, remastered, tmp_path):
     assert printed == computed and len(computed) == 5
     kernel = fdtget_bytes(boot_sd, "/images/kernel-1", "data")
     assert kernel == release.kernel.read_bytes()
-    assert rm.verify_fit(boot_sd.read_bytes()) == []
+    assert fit.verify(boot_sd.read_bytes()) == []
+    assert boot_sd.stat().st_size == release.boot_sd.stat().st_size  # its free space kept
     assert report.boot_sd_changed and report.fit_configurations == [CONFIG]
 
 
@@ -259,29 +262,28 @@ def test_dtb_free_space_kept(tmp_path):
     assert fdtget(tmp_path / "n.dtb", "/cvitek-ion", "status") == "disabled"
 
 
-def test_fdt_codec_round_trips_like_dtc(release, tmp_path):
+def test_fdt_load_and_dump_round_trip_like_dtc(release, tmp_path):
     for blob in (release.dtb, release.boot_sd):
         rebuilt = tmp_path / "rebuilt"
-        rebuilt.write_bytes(rm.fdt_build(rm.fdt_parse(blob.read_bytes())))
+        rebuilt.write_bytes(fdt.dump(fdt.load(blob.read_bytes(), blob.name)))
         assert run(["dtc", "-I", "dtb", "-O", "dts", str(rebuilt)]) == run(
             ["dtc", "-I", "dtb", "-O", "dts", str(blob)]
         )
 
 
-def test_verify_fit_catches_a_stale_hash(release):
-    fit = rm.fdt_parse(release.boot_sd.read_bytes())
-    image = fit.root.child("images").child(DTB_IMAGE)
-    image.props["data"] = image.props["data"] + b"\0\0\0\0"
-    problems = rm.verify_fit(rm.fdt_build(fit))
+def test_verify_fit_catches_a_stale_hash(release, tmp_path):
+    stale = shutil.copy(release.boot_sd, tmp_path / "stale.sd")
+    data = fdtget_bytes(stale, f"/images/{DTB_IMAGE}", "data") + b"\0\0\0\0"
+    fdtput(stale, f"/images/{DTB_IMAGE}", "data", *(f"{b:02x}" for b in data), type="bx")
+    problems = fit.verify(stale.read_bytes())
     assert len(problems) == 3 and all(DTB_IMAGE in p for p in problems)
 
 
-def test_signed_fit_refused(release):
-    fit = rm.fdt_parse(release.boot_sd.read_bytes())
-    config = fit.root.child("configurations").child(CONFIG)
-    config.children.append(rm.FdtNode("signature-1", {"algo": b"sha256,rsa2048\0"}))
+def test_signed_fit_refused(release, tmp_path):
+    signed = shutil.copy(release.boot_sd, tmp_path / "signed.sd")
+    fdtput(signed, f"/configurations/{CONFIG}/signature-1", "algo", "sha256,rsa2048")
     with pytest.raises(RemasterError, match="signed FIT"):
-        rm.edit_fit(rm.fdt_build(fit), 0)
+        rm.edit_fit(signed.read_bytes(), 0)
 
 
 # ------------------------------------------------------------------ errors

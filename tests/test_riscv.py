@@ -20,6 +20,9 @@ QEMU_TARGETS = ("rv64gc", "rv64gcv")
 CASES = [c for c in load_goldens() if c["model"] == "stories260K.bin"] if GOLDENS.exists() else []
 MODEL, TOKENIZER = MODELS / "stories260K.bin", MODELS / "tok512.bin"
 SEEDS = (1, 2, 3)
+# The fast fp32 paths may fuse and drift from the host's stories; measured 2026-12-06
+# (issue 10) under QEMU, rv64gc and rv64gcv, plain and packed fp32: 3/3 seeds alike
+FAST_SAME_AS_HOST = 3
 # Fused multiply-adds, scalar and vector: none may appear outside the per-ISA kernels
 FMA = re.compile(r"\s(v?fn?m(add|sub|acc|sac)|vfwn?m(acc|sac))\.")
 FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
@@ -44,7 +47,7 @@ def stories260k_q80() -> Path:
     return convert(MODEL, BUILD / "test-models" / "stories260K-q80.bin", "q80")
 
 
-@pytest.mark.skipif(not CASES, reason=f"{GOLDENS} not present")
+@pytest.mark.needs_shared(GOLDENS)
 @pytest.mark.parametrize("name", QEMU_TARGETS)
 def test_reference_path_reproduces_goldens_under_qemu(request, name):
     binary = built(request, name)
@@ -76,7 +79,8 @@ def test_reference_code_is_not_contracted(request, name):
 @pytest.mark.parametrize("name", QEMU_TARGETS)
 def test_fast_and_q80_paths_match_host(request, name, host_engine, stories260k_q80, capsys):
     """The same seeds on the host build and under QEMU: the Q8_0 stories must match; the
-    fast fp32 path may contract (fused multiply-adds) and drift, so it is only reported."""
+    fast fp32 path may contract (fused multiply-adds) and drift, so its agreement is
+    reported and held to today's floor."""
     binary = built(request, name)
     cases = [story_args(MODEL, s) for s in SEEDS] + [story_args(stories260k_q80, s) for s in SEEDS]
     host = run_many(host_engine, cases)
@@ -93,6 +97,7 @@ def test_fast_and_q80_paths_match_host(request, name, host_engine, stories260k_q
         print(f"\n{name} fast fp32 path: {same}/{len(SEEDS)} stories as the host's")
         for d in fast_diffs:
             print(f"  differs: {d}")
+    assert same >= FAST_SAME_AS_HOST, f"{name} fast fp32: {same}/{len(SEEDS)}: {fast_diffs}"
     for s, g, h in zip(SEEDS, got[len(SEEDS) :], host[len(SEEDS) :], strict=True):
         assert g.stdout == h.stdout, (
             f"{name} q80 seed {s} differs from the host "
@@ -106,7 +111,8 @@ def test_packed_paths_match_host(request, name, host_engine, packed_models, caps
     kernels included), and packed fp32 under -k ref sums in run.c's order: their stories
     must be the host's byte for byte, for stories260K (rows and columns that fill neither
     tiles nor groups) and a few tokens of synth15m (stories15M's shapes: two-tile passes,
-    2000 classifier tiles). Packed fp32 -k fast fuses, so its agreement is only reported."""
+    2000 classifier tiles). Packed fp32 -k fast fuses, so its agreement is reported and
+    held to today's floor."""
     binary = built(request, name)
     s260 = {f: packed_models[("stories260K.bin", f)] for f in ("fp32", "q8", "q4")}
     exact = {
@@ -135,6 +141,7 @@ def test_packed_paths_match_host(request, name, host_engine, packed_models, caps
     with capsys.disabled():
         same = len(fast) - sum(label in diffs for label in fast)
         print(f"\n{name} packed fp32 -k fast: {same}/{len(fast)} stories as the host's")
+    assert same >= FAST_SAME_AS_HOST, f"{name} packed fp32 -k fast: {same}/{len(fast)}: {diffs}"
     wrong = {label: d for label, d in diffs.items() if label in exact}
     assert not wrong, f"{name}: packed stories differ from the host's (from char): {wrong}"
     assert all(g.stdout for g in got), "empty stories"
@@ -181,7 +188,7 @@ def test_c906_code_reads_no_vlenb(c906_engine, capsys):
         ]
     ).stdout
     ours = {f[2] for f in map(str.split, symbols.splitlines()) if len(f) == 3 and f[1] in "tT"}
-    assert "main" in ours and "engine_generate" in ours, sorted(ours)[:20]
+    assert "main" in ours and "llama2_generate" in ours, sorted(ours)[:20]
     function, thv, vlenb = None, {}, {}
     for line in objdump("-d", str(c906_engine)).splitlines():
         if m := FUNCTION.match(line):

@@ -11,11 +11,13 @@ import re
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from duo_builder.build import engine
 from duo_builder.build.hostdeps import ensure_commands
+from duo_builder.errors import BuildError
 from duo_builder.paths import BUILD, LLAMA_TOKENIZER
 
 GNU_TIME = "/usr/bin/time"
@@ -23,7 +25,7 @@ CONTEST_ARGS = ["-t", "1.0", "-p", "0.9", "-s", "123", "-i", "Once upon a time"]
 TOKS_RE = re.compile(r"achieved tok/s: ([0-9.]+)")
 
 
-class BenchError(Exception):
+class BenchError(BuildError):
     """A benchmark could not run; the message names the cause."""
 
 
@@ -37,36 +39,40 @@ class Runs:
     stories: set[str] = field(default_factory=set)
 
 
-def run_once(
-    binary: Path, model: Path, tokenizer: Path, extra: list[str]
-) -> tuple[float, int, str]:
-    """One contest run: (tok/s, peak RSS in kB, story)."""
+@dataclass(frozen=True)
+class Timed:
+    """One run of the engine under GNU time."""
+
+    tok_s: float
+    rss_kb: int  # peak
+    story: str
+    stderr: str
+
+
+def timed_run(binary: Path, args: Sequence[str], env: Mapping[str, str] | None = None) -> Timed:
+    """`binary args` under GNU time, its stdout redirected to a file as in the contest."""
     with tempfile.TemporaryDirectory() as tmp:
         out, err, rss = Path(tmp, "out"), Path(tmp, "err"), Path(tmp, "rss")
-        cmd = [
-            GNU_TIME,
-            "-f",
-            "%M",
-            "-o",
-            str(rss),
-            str(binary),
-            str(model),
-            "-z",
-            str(tokenizer),
-            *CONTEST_ARGS,
-            *extra,
-        ]
+        cmd = [GNU_TIME, "-f", "%M", "-o", str(rss), str(binary), *args]
         with open(out, "wb") as o, open(err, "wb") as e:
-            code = subprocess.run(cmd, stdout=o, stderr=e).returncode
+            code = subprocess.run(cmd, stdout=o, stderr=e, env=env).returncode
         story = out.read_bytes().decode("utf-8", "replace")
         errtext = err.read_text(errors="replace")
         peak = rss.read_text().strip().splitlines()
     if code != 0:
-        raise BenchError(f"{binary} {model} {' '.join(extra)} failed: {errtext.strip()}")
+        raise BenchError(f"{binary} {' '.join(args)} failed: {errtext.strip()}")
     m = TOKS_RE.search(errtext)
     if not m:
-        raise BenchError(f"no 'achieved tok/s' line from {binary} {' '.join(extra)}")
-    return float(m.group(1)), int(peak[-1]), story
+        raise BenchError(f"no 'achieved tok/s' line from {binary} {' '.join(args)}")
+    return Timed(float(m.group(1)), int(peak[-1]), story, errtext)
+
+
+def run_once(
+    binary: Path, model: Path, tokenizer: Path, extra: list[str]
+) -> tuple[float, int, str]:
+    """One contest run: (tok/s, peak RSS in kB, story)."""
+    t = timed_run(binary, [str(model), "-z", str(tokenizer), *CONTEST_ARGS, *extra])
+    return t.tok_s, t.rss_kb, t.story
 
 
 def converted(fp32: Path, fmt: str, where: Path) -> Path:

@@ -10,18 +10,15 @@ from the contest run and from a sweep of seeds, so their tails mean something.
 import os
 import re
 import statistics
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from duo_builder.bench.contest import (
     CONTEST_ARGS,
-    GNU_TIME,
-    TOKS_RE,
     BenchError,
     converted,
     prepare,
+    timed_run,
 )
 
 STATS_RE = re.compile(
@@ -72,18 +69,8 @@ def run(binary: Path, args: list[str], stats: bool) -> tuple[float, int, str, st
     """One run under GNU time: (tok/s, peak RSS kB, story, stderr)."""
     env = {**os.environ, "LLAMA2_FAITHFUL_STATS": "2" if stats else ""}
     env.pop("LLAMA2_FAITHFUL_VERIFY", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        rss = Path(tmp, "rss")
-        cmd = [GNU_TIME, "-f", "%M", "-o", str(rss), str(binary), *args]
-        p = subprocess.run(cmd, capture_output=True, env=env)
-        peak = rss.read_text().strip().splitlines()
-    err = p.stderr.decode("utf-8", "replace")
-    if p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed: {err.strip()}")
-    m = TOKS_RE.search(err)
-    if not m:
-        raise BenchError(f"no 'achieved tok/s' line from {' '.join(cmd)}")
-    return float(m.group(1)), int(peak[-1]), p.stdout.decode("utf-8", "replace"), err
+    t = timed_run(binary, args, env)
+    return t.tok_s, t.rss_kb, t.story, t.stderr
 
 
 def main(runs: int = 10, model: str | None = None, tokenizer: str | None = None) -> None:

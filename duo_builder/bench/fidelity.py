@@ -10,12 +10,12 @@ next-token distributions.
 
 import os
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from duo_builder.build import engine
+from duo_builder.errors import BuildError, run
 from duo_builder.paths import LLAMA_TOKENIZER, MODELS
 
 SUMMARY = re.compile(
@@ -25,7 +25,7 @@ SUMMARY = re.compile(
 FORMATS = ("fp32", "q80", "q8", "q4")  # fp32: packed, its default (fused) path
 
 
-class FidelityError(Exception):
+class FidelityError(BuildError):
     """A fidelity run failed; the message says which."""
 
 
@@ -44,10 +44,10 @@ def measure(
     binary: Path, ref: Path, other: Path, tokenizer: Path, seeds: int, steps: int
 ) -> tuple[int, int, float, float, float]:
     cmd = [str(binary), str(ref), str(other), str(tokenizer), "-c", str(seeds), "-n", str(steps)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = run(cmd, what=f"fidelity of {other.name} against {ref.name}", error=FidelityError)
     m = SUMMARY.search(p.stdout)
-    if p.returncode != 0 or not m:
-        raise FidelityError(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.stdout[-300:]}")
+    if not m:
+        raise FidelityError(f"{' '.join(cmd)}: no summary line: {p.stdout[-300:]}")
     return (int(m[1]), int(m[2]), float(m[3]), float(m[4]), float(m[5]))
 
 

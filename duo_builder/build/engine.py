@@ -4,18 +4,20 @@ Host targets build with the host's compiler. RISC-V targets build inside the Deb
 toolchain chroot (duo_builder.build.toolchain: gcc 15, the only gcc that compiles the C906's
 XTheadVector soundly) and run under qemu-riscv64-static where QEMU can emulate them."""
 
+import hashlib
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from duo_builder.build import toolchain
 from duo_builder.build.hostdeps import HostDependencyError, ensure_packages
+from duo_builder.errors import BuildError, run
 from duo_builder.paths import BUILD, ENGINE_SRC, REPO
 
 
-class EngineError(Exception):
+class EngineError(BuildError):
     """A build or run of the engine failed; the message says what and how to fix it."""
 
 
@@ -148,9 +150,12 @@ def runner(name: str, program: str = "llama2") -> list[str]:
     """The command prefix that runs target `name`'s programs on this machine: [] for host
     targets, qemu-riscv64-static for riscv64 ones (with the toolchain chroot as sysroot for
     the dynamically linked storyteller). EngineError when nothing here can run them."""
-    t = target(name)
+    return _runner(target(name), program)
+
+
+def _runner(t: Target, program: str) -> list[str]:
     if t.no_runner:
-        raise EngineError(f"cannot run the {name!r} engine here: {t.no_runner}")
+        raise EngineError(f"cannot run the {t.name!r} engine here: {t.no_runner}")
     if not t.qemu:
         return []
     try:
@@ -159,10 +164,18 @@ def runner(name: str, program: str = "llama2") -> list[str]:
         raise EngineError(str(e)) from None
 
 
-def build(name: str = "host", *, check: bool = False, jobs: int | None = None) -> Path:
+def build(
+    name: str = "host", *, check: bool = False, jobs: int | None = None, cflags: str = ""
+) -> Path:
     """Compile the engine for target `name` into build/<name>/; with check, also run the
-    C-level tests (under QEMU for riscv64 targets). Returns the llama2 binary's path."""
+    C-level tests (under QEMU for riscv64 targets). Returns the llama2 binary's path (the
+    other programs are beside it). `cflags` (a recipe's engine.cflags) go after the
+    target's; such a build gets its own directory, build/<name>-<hash of cflags>/, since
+    make does not rebuild objects when only the flags change."""
     t = target(name)
+    if cflags.strip():
+        digest = hashlib.sha256(cflags.strip().encode()).hexdigest()[:8]
+        t = replace(t, name=f"{name}-{digest}", cflags=f"{t.cflags} {cflags.strip()}")
     if t.chroot:
         return _build_in_chroot(t, check=check, jobs=jobs)
     for tool in ("make", t.cc.split()[0]):
@@ -179,10 +192,8 @@ def build(name: str = "host", *, check: bool = False, jobs: int | None = None) -
     cmd = _make_command(t, jobs)
     if check:
         cmd.append("check")
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise EngineError(f"building the engine for {name!r} failed:\n{_tail(result)}")
-    return binary(name)
+    run(cmd, what=f"building the engine for {t.name!r}", error=EngineError)
+    return binary(t.name)
 
 
 def _make_command(t: Target, jobs: int | None) -> list[str]:
@@ -230,11 +241,10 @@ def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
             f"{toolchain.ROOT}) failed:\n{_tail(result)}"
         )
     if check:
-        prefix = runner(t.name)
+        prefix = _runner(t, "llama2")
         for c in checks:
-            r = subprocess.run([*prefix, str(binary(t.name, c))], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise EngineError(f"the {t.name!r} engine's C test {c} failed:\n{_tail(r)}")
+            run([*prefix, binary(t.name, c)], what=f"the {t.name!r} engine's C test {c}",
+                error=EngineError)  # fmt: skip
     return binary(t.name)
 
 

@@ -8,8 +8,10 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 
+from duo_builder.errors import BuildError
 
-class HostDependencyError(Exception):
+
+class HostDependencyError(BuildError):
     """A required host tool or library is missing and could not be installed."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from duo_builder.build.hostdeps import HostDependencyError, ensure_commands
+from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer, exclusive_lock
 from duo_builder.paths import BUILD, REPO
 
@@ -109,7 +110,7 @@ _CHROOT_ENV = {
 _PASS_ENV = ("http_proxy", "https_proxy", "no_proxy", "SOURCE_DATE_EPOCH", "TERM")
 
 
-class ToolchainError(Exception):
+class ToolchainError(BuildError):
     """The RISC-V toolchain could not be made or used; the message says why and where to look."""
 
 

@@ -5,37 +5,39 @@ compatible socket via DOCKER_HOST; duo_builder.image.podman starts a private one
   imported (no registry; the tarball stays in build/container/: delete it to refresh); its
   two stages are built on demand, tagged by a hash of the Dockerfile, the stage and the
   base's id, so a tag that exists is reused without asking the engine to build anything.
-- offline recipe (qemu-virt-64m): `run_offline_build` runs `python3 -m duo_builder.image.container`
-  in the `offline` stage with the repository bind-mounted read-write at its own absolute
-  path, so build/ (toolchain chroot, kernel and rootfs caches, engine objects) is shared
-  with the host and a warm build stays fast; the output directory is mounted the same way.
-  Inside, image.build runs the very steps a host build runs and its manifest records the
+- offline recipe (qemu-virt-64m): `run_offline_build` runs `python3 -m
+  duo_builder.image.container` (pipeline.main) in the `offline` stage with the repository
+  bind-mounted read-write at its own absolute path, so build/ (toolchain chroot, kernel and
+  rootfs caches, engine objects) is shared with the host and a warm build stays fast; the
+  output directory is mounted the same way.
+  Inside, pipeline.build runs the very steps a host build runs and its manifest records the
   builder image (`built_in`).
-- vendor SDK (duo-64m): `run_sdk_build` runs image/bases/sdk_build.py in the `sdk` stage,
-  the repository mounted read-only.
+- vendor SDK (duo-64m): `run_sdk_build` stages the payload and runs image/bases/sdk_build.py
+  in the `sdk` stage, the repository mounted read-only, build/sdk-dl/ as Buildroot's
+  download directory and the host's proxy variables passed in.
 Every run streams its output to a log file under build/container/ and is removed after.
 """
 
-import argparse
 import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
-import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from duo_builder.errors import BuildError, run
 from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
+from duo_builder.image.manifest import ENV_IMAGE, source_date_epoch
+from duo_builder.image.payload import Payload
 from duo_builder.image.recipe import Recipe
 from duo_builder.paths import BUILD, REPO, cache_dir
 
@@ -47,8 +49,6 @@ MIRRORS = (
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
-# Set inside the container: the builder image's identity, as JSON (for the manifest)
-ENV_IMAGE = "DUO_BUILDER_CONTAINER"
 # Passed from the host into the offline build when set (the epoch is always passed)
 PASS_ENV = ("http_proxy", "https_proxy", "no_proxy")
 # git in the container reads the manifest's revision from a repository that may belong to
@@ -68,7 +68,7 @@ OFFLINE_CAPS = ["SYS_ADMIN"]
 OFFLINE_SECURITY = ["apparmor=unconfined"]
 
 
-class ContainerError(Exception):
+class ContainerError(BuildError):
     """The container engine failed; the message says how and where the log is."""
 
 
@@ -94,12 +94,6 @@ def engine_problem() -> str | None:
             return f"none answers at DOCKER_HOST={host}"
         return "none answers at /var/run/docker.sock; set DOCKER_HOST to a Podman socket"
     return None
-
-
-def in_container() -> dict[str, Any] | None:
-    """The builder image we run in (set by run_offline_build), or None on the host."""
-    raw = os.environ.get(ENV_IMAGE)
-    return json.loads(raw) if raw else None
 
 
 @contextlib.contextmanager
@@ -146,24 +140,17 @@ def _make_base_tarball(tarball: Path) -> None:
     tarball.parent.mkdir(parents=True, exist_ok=True)
     tmp = tarball.with_name(f".{tarball.name}.tmp")
     print(f"container: making {BASE_IMAGE} (mmdebstrap bookworm minbase, ~30 s)", flush=True)
-    result = subprocess.run(
-        [
-            "mmdebstrap",
-            "--quiet",
-            "--variant=minbase",
-            "--format=tar",
-            "bookworm",
-            str(tmp),
-            *MIRRORS,
-        ],
-        capture_output=True,
-        text=True,
-        env={"SOURCE_DATE_EPOCH": "0", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
-    if result.returncode != 0:
+    try:
+        run(
+            ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "bookworm", tmp,
+             *MIRRORS],
+            what="mmdebstrap of the builder's base image",
+            error=ContainerError,
+            env={"SOURCE_DATE_EPOCH": "0", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
+    except ContainerError:
         tmp.unlink(missing_ok=True)
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ContainerError(f"mmdebstrap of the builder's base image failed: {last[0]}")
+        raise
     os.replace(tmp, tarball)
 
 
@@ -278,8 +265,6 @@ def _run_logged(
 
 def run_offline_build(r: Recipe, out: Path) -> Path:
     """Build a `debian` recipe in the offline stage; returns the manifest it wrote in `out`."""
-    from duo_builder.image.pipeline import source_date_epoch
-
     with _engine_errors():
         return _run_offline_build(r, out, source_date_epoch())
 
@@ -319,74 +304,48 @@ def _run_offline_build(r: Recipe, out: Path, epoch: int) -> Path:
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Inside the container: build a recipe here, exactly as on a host."""
-    from duo_builder.image import pipeline as img
-
-    parser = argparse.ArgumentParser(prog="python3 -m duo_builder.image.container")
-    parser.add_argument("--recipe", required=True)
-    parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    try:
-        built = img.build(args.recipe, out_dir=args.out, where="here")
-    except Exception as e:
-        if not isinstance(e, _expected_errors()):  # a bug: its traceback, for the log
-            traceback.print_exc()
-        # the host quotes this line in its one-line error: the message's first and last line
-        lines = [ln.strip() for ln in str(e).strip().splitlines()] or [type(e).__name__]
-        print("error: " + " / ".join(dict.fromkeys([lines[0], lines[-1]])), file=sys.stderr)
-        return 1
-    print(f"{built.image} sha256 {built.sha256}", flush=True)
-    return 0
-
-
 # --- the vendor SDK -------------------------------------------------------------------------
 
+# Buildroot's downloads (BR2_DL_DIR), shared by every SDK recipe and kept between builds:
+# outside the SDK checkout, which `git clean` resets on every run
+SDK_DOWNLOADS = BUILD / "sdk-dl"
+# The SDK's build fetches with git, wget and curl: each reads one case or the other
+SDK_PASS_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
-def run_sdk_build(
-    r: Recipe, *, model: Path, tokenizer: Path, config_text: str, out: Path
-) -> tuple[Path, BuilderImage]:
-    """The vendor SDK build in the sdk stage; returns the image (in `out`) and the builder."""
+
+def sdk_environment(host: Mapping[str, str]) -> dict[str, str]:
+    """The SDK container's environment: the host's proxy settings, in both cases."""
+    return {k: host[k] for k in SDK_PASS_ENV if host.get(k)}
+
+
+def run_sdk_build(r: Recipe, files: Payload, out: Path) -> tuple[Path, BuilderImage]:
+    """The vendor SDK build in the sdk stage, with `files` staged for Buildroot's post-build
+    script; returns the image (in `out`) and the builder."""
     with _engine_errors():
-        return _run_sdk_build(r, model, tokenizer, config_text, out)
+        return _run_sdk_build(r, files, out)
 
 
-def _run_sdk_build(
-    r: Recipe, model: Path, tokenizer: Path, config_text: str, out: Path
-) -> tuple[Path, BuilderImage]:
+def _run_sdk_build(r: Recipe, files: Payload, out: Path) -> tuple[Path, BuilderImage]:
     client = _client()
     image = builder_image(client, "sdk")
     work = BUILD / "sdk" / r.name
-    payload = work / "payload"
-    shutil.rmtree(payload, ignore_errors=True)
-    from duo_builder.build import engine
-
-    files = {
-        # our static build for the recipe's target (c906: gcc 15's XTheadVector kernels)
-        # replaces the Buildroot package's llama2, whose vendor gcc knows no __riscv_
-        # vector intrinsics and so builds the portable kernels
-        "usr/bin/llama2": engine.build(r.engine_target).read_bytes(),
-        "usr/share/storyteller/model.bin": model.read_bytes(),
-        "usr/share/storyteller/tokenizer.bin": tokenizer.read_bytes(),
-        "etc/storyteller.conf": config_text.encode(),
-        "etc/asound.conf": (REPO / "overlay" / "etc" / f"asound.conf.{r.audio}").read_bytes(),
-    }
-    for rel, data in files.items():
-        with atomic_writer(payload / rel) as f:
-            f.write(data)
-    (payload / "usr/bin/llama2").chmod(0o755)
+    SDK_DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "payload", ignore_errors=True)
+    files.stage(work / "payload")
     command = [
         "python3", "/repo/duo_builder/image/bases/sdk_build.py", "--repo", r.base.repo,
         "--commit", r.base.commit, "--board", r.base.board, "--ion-mb", str(r.ion_mb),
-        "--recipe", r.name, "--external", "/repo/buildroot-external",
-        "--payload", "/work/payload", "--work", "/work", "--out", "/work/out",
+        "--audio", r.audio, "--recipe", r.name, "--external", "/repo/buildroot-external",
+        "--payload", "/work/payload", "--work", "/work", "--dl", "/dl", "--out", "/work/out",
     ]  # fmt: skip
     log = work / "build.log"
     print(f"{r.name}: SDK build in the container {image.tag}; log: {log}", flush=True)
     _run_logged(
         client, image, command, log=log, what="SDK build", echo=False,
         volumes={str(REPO): {"bind": "/repo", "mode": "ro"},
-                 str(work): {"bind": "/work", "mode": "rw"}},
+                 str(work): {"bind": "/work", "mode": "rw"},
+                 str(SDK_DOWNLOADS): {"bind": "/dl", "mode": "rw"}},
+        environment=sdk_environment(os.environ),
     )  # fmt: skip
     image_file = out / f"{r.name}.img"
     with open(work / "out" / f"{r.name}.img", "rb") as src, atomic_writer(image_file) as dst:
@@ -394,21 +353,9 @@ def _run_sdk_build(
     return image_file, image
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    """What a build reports as a sentence (as tasks.py does on the host)."""
-    from duo_builder.build.engine import EngineError
-    from duo_builder.build.hostdeps import HostDependencyError
-    from duo_builder.build.toolchain import ToolchainError
-    from duo_builder.image.bases.debian import QemuImageError
-    from duo_builder.image.pipeline import ImageError
-    from duo_builder.image.recipe import RecipeError
-    from duo_builder.model.download import DownloadError
-
-    return (
-        ContainerError, DownloadError, EngineError, HostDependencyError, ImageError,
-        QemuImageError, RecipeError, ToolchainError, OSError,
-    )  # fmt: skip
-
-
 if __name__ == "__main__":
+    # The entry point the offline stage runs. As __main__ this file is not the library's
+    # duo_builder.image.container (which pipeline imports), so this import makes no cycle.
+    from duo_builder.image.pipeline import main
+
     sys.exit(main())

@@ -19,12 +19,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from duo_builder.errors import BuildError
+
 CHUNK = 4 << 20
 SYS_BLOCK = Path("/sys/dev/block")
 _GUARDED = ("/", "/boot")  # mount points whose disk is the running system
 
 
-class FlashError(Exception):
+class FlashError(BuildError):
     """Flashing was refused or failed; the message names the device and the fix."""
 
 

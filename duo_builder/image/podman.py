@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duo_builder.build.hostdeps import ensure_packages
+from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer
 from duo_builder.paths import BUILD
 
@@ -45,7 +46,7 @@ network_backend = "netavark"
 PACKAGES = ("podman", "runc", "netavark", "iptables")
 
 
-class PodmanError(Exception):
+class PodmanError(BuildError):
     """The Podman service did not start; the message says why and where its log is."""
 
 

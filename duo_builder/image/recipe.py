@@ -1,7 +1,7 @@
 """Recipes: what an image holds, declared in recipes/NAME.yaml and validated here.
 
 Every error names the file, the key and what is allowed, e.g.
-`recipes/duo-64m.yaml: audio: 'hdmi' is not one of usb, i2s-max98357a, none`.
+`recipes/duo-64m.yaml: audio: 'hdmi' is not one of usb, none`.
 """
 
 import re
@@ -11,21 +11,31 @@ from typing import Any
 
 import yaml
 
+from duo_builder.errors import BuildError
 from duo_builder.paths import REPO
 
 RECIPES = REPO / "recipes"
 BOARDS = ("milkv-duo", "qemu-virt")
 BASES = ("sdk", "release-image", "debian")
-AUDIO_ROUTES = ("usb", "i2s-max98357a", "none")
+AUDIO_ROUTES = ("usb", "none")
+# Routes that were offered once, and why they are not any more
+REMOVED_AUDIO_ROUTES = {
+    "i2s-max98357a": "the vendor SDK's Duo kernel has no MAX98357A driver and no device tree "
+    "creates an I2S card on the CV1800B's pins; use audio: usb (a USB sound card)",
+}
 ENGINE_TARGETS = ("rv64gc", "rv64gcv", "c906")
 # q8, q4, fp32: the engine's packed formats (engine/FORMAT.md); v0, v1, q80: llama2.c's
 MODEL_FORMATS = ("q8", "q4", "fp32", "v0", "v1", "q80")
 AUTOSTART = ("story", "listen", "off")
+# debian: the guest's packages must be the ones the storyteller was linked against, and
+# the toolchain chroot is sid (gcc 15, the only gcc that compiles XTheadVector soundly):
+# another suite needs a toolchain chroot of that suite first
+DEBIAN_SUITES = ("sid",)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class RecipeError(Exception):
+class RecipeError(BuildError):
     """A recipe is missing, unreadable or invalid; the message names file and key."""
 
 
@@ -134,7 +144,7 @@ def _base(f: _Fields) -> Base:
         f.used.add("sha256")
         base = Base(kind, url=f.get("url", str), sha256=sha)
     else:
-        base = Base(kind, suite=f.choice("suite", ("sid", "trixie")))
+        base = Base(kind, suite=f.choice("suite", DEBIAN_SUITES))
     f.check_unknown()
     return base
 
@@ -151,6 +161,13 @@ def _model(f: _Fields) -> ModelSpec:
     )
     f.check_unknown()
     return spec
+
+
+def _audio(f: _Fields) -> str:
+    route = f.data.get("audio")
+    if route in REMOVED_AUDIO_ROUTES:
+        raise RecipeError(f"{f.where}: audio: '{route}' was removed: {REMOVED_AUDIO_ROUTES[route]}")
+    return f.choice("audio", AUDIO_ROUTES)
 
 
 def parse(data: Any, source: Path) -> Recipe:
@@ -173,7 +190,7 @@ def parse(data: Any, source: Path) -> Recipe:
         board=f.choice("board", BOARDS),
         base=_base(f.sub("base")),
         ion_mb=memory.get("ion_mb", int),
-        audio=f.choice("audio", AUDIO_ROUTES),
+        audio=_audio(f),
         model=_model(f.sub("model")),
         engine_target=engine.choice("target", ENGINE_TARGETS),
         engine_cflags=engine.get("cflags", str, ""),

@@ -17,6 +17,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -59,12 +60,13 @@ V1_ORDER = (
 )
 Q80_FP32_ORDER = ("rms_att", "rms_ffn", "rms_final")
 Q80_QUANT_ORDER = ("tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
+LAYER_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 FREQ_NAMES = ("freq_cis_real", "freq_cis_imag")
 # The 7 header int32s, in file order.
 PARAM_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
-class CheckpointError(Exception):
+class CheckpointError(BuildError):
     """A checkpoint file (or in-memory checkpoint) is malformed or unusable."""
 
 
@@ -206,7 +208,16 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
     return Checkpoint(cfg, fmt, tensors, gs, path)
 
 
-def _parse_header(path: Path, head: bytes, size: int) -> tuple[Format, Config, int | None, int]:
+def parse_header(
+    head: bytes, where: object = "llama2.c header"
+) -> tuple[Format, Config, int | None]:
+    """(format, config, Q8_0 group size) of a llama2.c file whose first bytes are `head`
+    (the whole header: 28 bytes for v0, 256 for v1 and v2); CheckpointError names `where`."""
+    fmt, cfg, gs, _ = _parse_header(where, head, len(head))
+    return fmt, cfg, gs
+
+
+def _parse_header(path: object, head: bytes, size: int) -> tuple[Format, Config, int | None, int]:
     """Return (format, config, group_size, header length in bytes)."""
     if len(head) >= 4 and struct.unpack_from("<I", head)[0] == MAGIC:
         return _parse_versioned_header(path, head, size)
@@ -220,7 +231,7 @@ def _parse_header(path: Path, head: bytes, size: int) -> tuple[Format, Config, i
 
 
 def _parse_versioned_header(
-    path: Path, head: bytes, size: int
+    path: object, head: bytes, size: int
 ) -> tuple[Format, Config, int | None, int]:
     if size < V1_HEADER_BYTES:
         raise _fail(path, f"truncated: expected at least {V1_HEADER_BYTES} bytes, got {size}")
@@ -239,14 +250,14 @@ def _parse_versioned_header(
     return "q80", cfg, gs, V1_HEADER_BYTES
 
 
-def _config(path: Path, ints: tuple[int, ...], *, shared: bool) -> Config:
+def _config(path: object, ints: tuple[int, ...], *, shared: bool) -> Config:
     try:
         return Config(*ints, shared_classifier=shared)
     except ValueError as e:
         raise _fail(path, f"bad header: {e}") from None
 
 
-def _check_group_size(path: Path, cfg: Config, gs: int) -> None:
+def _check_group_size(path: object, cfg: Config, gs: int) -> None:
     if gs <= 0:
         raise _fail(path, f"bad header: group_size must be positive, got {gs}")
     for name, shape in tensor_shapes(cfg).items():
@@ -334,6 +345,23 @@ def _map_qtensor(
     q = np.ndarray(shape, np.int8, buffer=mm, offset=offset)
     s = np.ndarray((n // gs,), "<f4", buffer=mm, offset=offset + n)
     return QTensor(q, s), offset + unit
+
+
+def streamed_bytes_per_token(cfg: Config, fmt: Format, group_size: int | None = None) -> int:
+    """Weight bytes one token reads from a `fmt` file: the rmsnorm weights, every layer
+    matrix and the classifier, whole, and the current token's embedding row (run.c copies
+    one row, runq.c dequantizes one: its int8 values and their groups' scales)."""
+
+    def stored(n: int) -> int:  # bytes of n consecutive values of a matrix
+        if fmt != "q80":
+            return 4 * n
+        assert group_size is not None, "a Q8_0 file has a group size"
+        return _q80_unit_bytes(n, group_size)
+
+    shapes = tensor_shapes(cfg)
+    norms = sum(4 * _prod(shapes[name]) for name in Q80_FP32_ORDER)  # fp32 in every format
+    layers = sum(stored(_prod(shapes[name])) for name in LAYER_MATRICES)
+    return norms + layers + stored(cfg.vocab_size * cfg.dim) + stored(cfg.dim)
 
 
 # --------------------------------------------------------------------------- building

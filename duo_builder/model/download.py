@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from tqdm import tqdm
 
+from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer, sha256_file
 from duo_builder.paths import cache_dir
 
@@ -23,7 +24,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 
-class DownloadError(Exception):
+class DownloadError(BuildError):
     """A model could not be fetched or verified; the message says which, why, and the fix."""
 
 

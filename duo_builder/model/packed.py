@@ -25,7 +25,10 @@ TILE_ROWS = 16
 GROUP_SIZE = 32
 PAGE = 4096
 TABLE_OFFSET = 128
+# magic, version, weights code, the 7 config ints, shared, tile_rows, group_size, n_sections
+HEADER = struct.Struct("<8s2i7i4i")
 SECTION = struct.Struct("<IIQQ")  # kind, layer, offset, bytes
+MAX_SECTIONS = 4096  # far above any real model's 2 + 7 x n_layers + 2: a sanity bound
 
 Weights = Literal["fp32", "q8", "q4", "faithful"]
 WEIGHT_CODES: dict[str, int] = {"fp32": 1, "q8": 2, "q4": 3, "faithful": 4}
@@ -103,16 +106,22 @@ def layout(cfg: Config, weights: Weights) -> tuple[list[tuple[Section, int]], in
     return placed, end
 
 
+def _group_size(weights: Weights) -> int:
+    """The header's group_size: 0 where the matrices are fp32 (a faithful file's int8
+    classifier has its groups implied)."""
+    return GROUP_SIZE if weights in ("q8", "q4") else 0
+
+
 def header(cfg: Config, weights: Weights) -> bytes:
     placed, _ = layout(cfg, weights)
-    head = MAGIC + struct.pack(
-        "<2i7i4i",
+    head = HEADER.pack(
+        MAGIC,
         VERSION,
         WEIGHT_CODES[weights],
         *cfg.params(),
         int(cfg.shared_classifier),
         TILE_ROWS,
-        GROUP_SIZE if weights in ("q8", "q4") else 0,
+        _group_size(weights),
         len(placed),
     )
     head = head.ljust(TABLE_OFFSET, b"\0")
@@ -121,14 +130,80 @@ def header(cfg: Config, weights: Weights) -> bytes:
     return head.ljust(placed[0][1], b"\0")
 
 
+# --------------------------------------------------------------------------- reading headers
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a packed file's header says, checked against this module's layout."""
+
+    config: Config
+    weights: Weights
+    table: tuple[tuple[int, int, int, int], ...]  # (kind, layer, offset, bytes), if read
+
+
+def header_length(head: bytes) -> int:
+    """Bytes of header and section table, from the first TABLE_OFFSET bytes of a file."""
+    n_sections = HEADER.unpack_from(head)[-1]
+    if not 0 <= n_sections <= MAX_SECTIONS:
+        raise ValueError(f"bad packed header (n_sections {n_sections})")
+    return TABLE_OFFSET + n_sections * SECTION.size
+
+
+def parse_header(head: bytes) -> Header:
+    """The header of a packed file whose first bytes are `head`; ValueError names the first
+    field that disagrees with FORMAT.md (as the engine would refuse it). The section table
+    is checked when `head` holds it (header_length() bytes)."""
+    magic, version, code, *ints, shared, tile_rows, group, n_sections = HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ValueError("not a packed file (no DUOPACK magic)")
+    if version != VERSION:
+        raise ValueError(f"packed format version {version}, expected {VERSION}")
+    weights = next((w for w, c in WEIGHT_CODES.items() if c == code), None)
+    if weights is None:
+        raise ValueError(f"packed weights code {code}, expected 1, 2, 3 or 4")
+    if shared not in (0, 1):
+        raise ValueError(f"shared_classifier is {shared}, expected 0 or 1")
+    cfg = Config(*ints, shared_classifier=bool(shared))
+    if (tile_rows, group) != (TILE_ROWS, _group_size(weights)):
+        raise ValueError(
+            f"bad packed header: tile_rows {tile_rows}, group_size {group} "
+            f"(expected {TILE_ROWS}, {_group_size(weights)})"
+        )
+    expected = sections(cfg, weights)
+    if n_sections != len(expected):
+        raise ValueError(f"packed header lists {n_sections} sections, expected {len(expected)}")
+    table: list[tuple[int, int, int, int]] = []
+    if len(head) >= TABLE_OFFSET + n_sections * SECTION.size:
+        for i, want in enumerate(expected):
+            got = SECTION.unpack_from(head, TABLE_OFFSET + i * SECTION.size)
+            if (got[0], got[1], got[3]) != (want.kind, want.layer, want.bytes):
+                raise ValueError(
+                    f"packed section {i} is (kind {got[0]}, layer {got[1]}, {got[3]} bytes), "
+                    f"expected (kind {want.kind}, layer {want.layer}, {want.bytes} bytes)"
+                )
+            table.append(got)
+    return Header(cfg, weights, tuple(table))
+
+
+# --------------------------------------------------------------------------- bytes per token
+
+
+def tile_bytes(weights: Weights, cols: int) -> int:
+    """Bytes of one row tile of a `cols`-column matrix (with its scales)."""
+    return packed_bytes(weights, TILE_ROWS, cols)
+
+
 def streamed_bytes_per_token(cfg: Config, weights: Weights) -> int:
-    """Weight bytes one token reads: every layer matrix and the classifier (the embedding
-    contributes one row, counted here as a whole tile-row of groups). A faithful file's
-    token reads the int8 classifier; the fp32 tiles its sampler recomputes come on top."""
-    secs = sections(cfg, weights)
-    skip = {KIND_NORMS, KIND_EMBEDDING} | ({KIND_CLASSIFIER} if weights == "faithful" else set())
-    mats = sum(s.bytes for s in secs if s.kind not in skip)
-    return mats + secs[0].bytes
+    """Weight bytes one token reads from DRAM: the norms, every layer matrix and the
+    classifier, whole, and one tile of the embedding: a tile's rows are interleaved
+    column by column, so the current token's row shares every cache line with its tile's
+    other rows (and a shared classifier's tile is read again at the end: the C906's 64 KB
+    of L1 has long lost it). A faithful file's token reads the int8 classifier (section
+    11); the fp32 tiles its sampler recomputes come on top (only a run knows how many)."""
+    skip = {KIND_EMBEDDING} | ({KIND_CLASSIFIER} if weights == "faithful" else set())
+    whole = sum(s.bytes for s in sections(cfg, weights) if s.kind not in skip)
+    return whole + tile_bytes(weights, cfg.dim)
 
 
 # --------------------------------------------------------------------------- packing

@@ -32,15 +32,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duo_builder.build import toolchain
 from duo_builder.build.hostdeps import ensure_commands, ensure_packages
+from duo_builder.errors import BuildError, run
 from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
+from duo_builder.image import manifest, payload
+from duo_builder.image.manifest import Made
+from duo_builder.image.payload import Payload
+from duo_builder.image.recipe import Recipe
 from duo_builder.paths import BUILD, REPO
 
 BOARD = REPO / "buildroot-external" / "board" / "qemu-virt"
 KERNEL_FRAGMENT = BOARD / "linux.fragment"
-OVERLAY = REPO / "overlay"
-INIT_SCRIPT = OVERLAY / "etc" / "init.d" / "S99storyteller"
-STORYTELLER_CONF = OVERLAY / "etc" / "storyteller.conf"
 CACHE = BUILD / "cache"
 KERNEL_SOURCE_PKG = "linux-source-6.12"
 KERNEL_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
@@ -57,37 +60,22 @@ KBUILD_ENV = {
 }
 
 
-class QemuImageError(Exception):
+class QemuImageError(BuildError):
     """Building or booting the QEMU image failed; the message says what and where."""
-
-
-def asound_conf(audio: str) -> Path:
-    """overlay/etc/asound.conf.<audio> for a recipe's audio route (usb, i2s-max98357a, none)."""
-    path = OVERLAY / "etc" / f"asound.conf.{audio}"
-    if not path.exists():
-        known = sorted(
-            p.name.removeprefix("asound.conf.") for p in path.parent.glob("asound.conf.*")
-        )
-        raise QemuImageError(
-            f"no ALSA configuration for audio {audio!r}; known: {', '.join(known)}"
-        )
-    return path
 
 
 def _say(msg: str) -> None:
     print(f"qemu-virt-64m: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(cmd: Sequence[str | Path], what: str, **kw: object) -> subprocess.CompletedProcess:
-    """Run a command, capturing its output; on failure raise with the output's tail."""
-    try:
-        result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-    except subprocess.TimeoutExpired as e:
-        raise QemuImageError(f"{what} did not finish within {e.timeout:.0f} s") from None
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
-        raise QemuImageError(f"{what} failed (exit {result.returncode}):\n{tail}")
-    return result
+def _run(
+    cmd: Sequence[str | Path],
+    what: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a command, capturing its output; on failure QemuImageError with the output's tail."""
+    return run(cmd, what=what, error=QemuImageError, env=env, timeout=timeout)
 
 
 # --- kernel --------------------------------------------------------------------------------
@@ -481,46 +469,42 @@ def image_host_deps() -> None:
     )
 
 
+def make(r: Recipe, files: Payload, out: Path, work: Path) -> Made:
+    """The debian base: kernel, the suite's packages and the payload, as out/<recipe>.img."""
+    kernel = build_kernel(out)
+    result = build_image(
+        payload=files,
+        out=out / f"{r.name}.img",
+        source_date_epoch=manifest.source_date_epoch(),
+        size_mb=r.image_size_mb,
+        base=build_rootfs(suite=r.base.suite),
+    )
+    extra = {
+        "kernel": {"file": kernel.name, "sha256": sha256_file(kernel), "source": KERNEL_SOURCE_PKG},
+        "toolchain": toolchain.manifest(),
+        "packages": result.packages,
+        "files": [vars(f) for f in result.files],
+    }
+    return Made(result.path, result.sha256, extra, kernel=kernel)
+
+
 def build_image(
     *,
-    llama2: Path,
-    storyteller: Path | None,
-    model: Path,
-    tokenizer: Path,
-    story_dict: Path | None,
-    config_text: str,
-    init_script: Path,
-    asound_conf: Path,
+    payload: Payload,
     out: Path,
     source_date_epoch: int,
     size_mb: int,
     base: RootfsBase | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
 ) -> ImageResult:
     """A raw disk image (one ext4 filesystem, no partition table) for qemu-virt-64m.
 
     Same inputs (payload, base packages, epoch, size) -> same bytes: files are added in
     sorted order, every time is source_date_epoch, owners come from the packages (ours are
     root), and the UUID, hash seed and mke2fs settings are fixed. `out` appears only when
-    complete. `base` defaults to build_rootfs()'s (cached) packages; extra_files maps more
-    absolute image paths to contents (e.g. /etc/default/storyteller, see S99storyteller)."""
+    complete. `base` defaults to build_rootfs()'s (cached) packages."""
     image_host_deps()
     start = time.monotonic()
     base = base or build_rootfs()
-    payload = _payload(
-        llama2=llama2,
-        storyteller=storyteller,
-        model=model,
-        tokenizer=tokenizer,
-        story_dict=story_dict,
-        config_text=config_text,
-        init_script=init_script,
-        asound_conf=asound_conf,
-    )
-    for name, data in (extra_files or {}).items():
-        if not name.startswith("/") or name.rstrip("/") == "":
-            raise QemuImageError(f"extra_files: {name!r} is not an absolute file path")
-        payload[name.lstrip("/")] = (bytes(data), 0o644)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".qemu-image.", dir=out.parent) as tmp:
@@ -537,36 +521,6 @@ def build_image(
         f"in {time.monotonic() - start:.1f} s"
     )
     return ImageResult(out, digest, out.stat().st_size, files, base.packages, content)
-
-
-def _payload(
-    *,
-    llama2: Path,
-    storyteller: Path | None,
-    model: Path,
-    tokenizer: Path,
-    story_dict: Path | None,
-    config_text: str,
-    init_script: Path,
-    asound_conf: Path,
-) -> dict[str, tuple[Path | bytes, int]]:
-    """Image path -> (source file or contents, mode): what we add on top of the packages."""
-    items: dict[str, tuple[Path | bytes, int]] = {
-        "usr/bin/llama2": (Path(llama2), 0o755),
-        "usr/share/storyteller/model.bin": (Path(model), 0o644),
-        "usr/share/storyteller/tokenizer.bin": (Path(tokenizer), 0o644),
-        "etc/storyteller.conf": (config_text.encode(), 0o644),
-        "etc/asound.conf": (Path(asound_conf), 0o644),
-        "etc/init.d/S99storyteller": (Path(init_script), 0o755),
-    }
-    if storyteller is not None:
-        items["usr/bin/storyteller"] = (Path(storyteller), 0o755)
-    if story_dict is not None:
-        items["usr/share/storyteller/story.dict"] = (Path(story_dict), 0o644)
-    for dst, (src, _) in items.items():
-        if isinstance(src, Path) and not src.is_file():
-            raise QemuImageError(f"image payload /{dst}: {src} does not exist")
-    return items
 
 
 def _extract_base(tarball: Path, staging: Path) -> dict[str, tuple[int, int]]:
@@ -632,14 +586,13 @@ def _install_busybox_links(root: Path) -> None:
         init.symlink_to("../bin/busybox")
 
 
-def _add_payload(root: Path, payload: dict[str, tuple[Path | bytes, int]]) -> list[ImageFile]:
-    files = []
-    for name, (src, mode) in sorted(payload.items()):
-        data = src.read_bytes() if isinstance(src, Path) else src
-        _write(root / name, data, mode)
-        digest = hashlib.sha256(data).hexdigest()
-        files.append(ImageFile("/" + name, digest, len(data), mode))
-    return files
+def _add_payload(root: Path, files: Payload) -> list[ImageFile]:
+    added = []
+    for f in files.present():
+        data = payload.read(f)
+        _write(root / f.path.lstrip("/"), data, f.mode)
+        added.append(ImageFile(f.path, hashlib.sha256(data).hexdigest(), len(data), f.mode))
+    return added
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

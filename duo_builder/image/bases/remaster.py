@@ -16,9 +16,10 @@ stack then has no ION heap, which is the point. A DTB without an ion node is "no
 to give back" when ion_size is 0 (so remastering a remastered image works) and an
 error otherwise. `ion_size=None` leaves boot.sd alone.
 
-The FIT is edited in Python (a small flattened-device-tree codec below): the DTB image's
-`data` is swapped and its hash nodes recomputed; every other node, the configuration
-names and the FIT timestamp stay as they were. Signed FITs are refused (no key here).
+The FIT is edited with pylibfdt (image/fdt.py, image/fit.py): the DTB image's `data` is
+swapped and U-Boot's `mkimage -F` recomputes the hash nodes; every other node, the
+configuration names and the FIT timestamp stay as they were. Signed FITs are refused (no
+key here).
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ import stat
 import struct
 import subprocess
 import tempfile
-import zlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from duo_builder.build.hostdeps import HostDependencyError, ensure_commands
+from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer, sha256_file
+from duo_builder.image import fdt, fit
+from duo_builder.image.fdt import FdtError
+
+if TYPE_CHECKING:
+    import libfdt  # fdt.py imports it, and says how to install it when missing
 
 SECTOR = 512
 CHUNK = 4 << 20
@@ -56,7 +63,7 @@ class _Hash(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
-class RemasterError(Exception):
+class RemasterError(BuildError):
     """The image cannot be remastered as asked; the message says why and what to do."""
 
 
@@ -185,340 +192,130 @@ def _pick_partitions(image: Path, parts: list[Partition]) -> tuple[Partition, Pa
     return fat, root
 
 
-# --------------------------------------------------------------------------- FDT codec
-
-_FDT_MAGIC = 0xD00DFEED
-_BEGIN, _END, _PROP, _NOP, _ENDTREE = 1, 2, 3, 4, 9
-
-
-@dataclass
-class FdtNode:
-    name: str
-    props: dict[str, bytes] = field(default_factory=dict)
-    children: list[FdtNode] = field(default_factory=list)
-
-    def child(self, name: str) -> FdtNode | None:
-        return next((c for c in self.children if c.name == name), None)
-
-    def walk(self, path: str = "") -> Iterator[tuple[str, FdtNode, FdtNode | None]]:
-        """(path, node, parent) for this node and all below, depth first."""
-        stack: list[tuple[str, FdtNode, FdtNode | None]] = [(path or "/", self, None)]
-        while stack:
-            p, node, parent = stack.pop()
-            yield p, node, parent
-            for c in reversed(node.children):
-                stack.append((f"{p.rstrip('/')}/{c.name}", c, node))
-
-
-@dataclass
-class Fdt:
-    root: FdtNode
-    reserve: list[tuple[int, int]] = field(default_factory=list)
-    boot_cpuid: int = 0
-
-
-def fdt_parse(blob: bytes, what: str = "device tree") -> Fdt:
-    """Parse a flattened device tree (DTB or FIT); RemasterError if it is malformed."""
-    if len(blob) < 40 or struct.unpack_from(">I", blob)[0] != _FDT_MAGIC:
-        raise RemasterError(f"{what} is not a flattened device tree (bad magic)")
-    _, total, off_struct, off_strings, off_rsv, version, _, cpuid, size_strings = (
-        struct.unpack_from(">9I", blob)
-    )
-    if version < 16 or total > len(blob) or max(off_struct, off_strings, off_rsv) > total:
-        raise RemasterError(f"{what} has a corrupt header (version {version}, size {total})")
-    strings = blob[off_strings : off_strings + size_strings]
-    try:
-        root, _ = _parse_node(blob, off_struct, strings, total)
-    except (struct.error, IndexError, UnicodeDecodeError, ValueError) as e:
-        raise RemasterError(f"{what} is corrupt: {e}") from e
-    return Fdt(root, _parse_rsvmap(blob, off_rsv), cpuid)
-
-
-def _parse_rsvmap(blob: bytes, off: int) -> list[tuple[int, int]]:
-    entries = []
-    while True:
-        addr, size = struct.unpack_from(">QQ", blob, off)
-        if addr == 0 and size == 0:
-            return entries
-        entries.append((addr, size))
-        off += 16
-
-
-def _skip_nops(blob: bytes, off: int) -> tuple[int, int]:
-    while (token := struct.unpack_from(">I", blob, off)[0]) == _NOP:
-        off += 4
-    return token, off + 4
-
-
-def _parse_node(blob: bytes, off: int, strings: bytes, limit: int) -> tuple[FdtNode, int]:
-    token, off = _skip_nops(blob, off)
-    if token != _BEGIN:
-        raise ValueError(f"expected a node at {off - 4}, got token {token}")
-    end = blob.index(b"\0", off, limit)
-    node = FdtNode(blob[off:end].decode("ascii"))
-    off = _align4(end + 1)
-    while True:
-        token, after = _skip_nops(blob, off)
-        if token == _PROP:
-            length, nameoff = struct.unpack_from(">II", blob, after)
-            name = strings[nameoff : strings.index(b"\0", nameoff)].decode("ascii")
-            node.props[name] = bytes(blob[after + 8 : after + 8 + length])
-            off = _align4(after + 8 + length)
-        elif token == _BEGIN:
-            child, off = _parse_node(blob, off, strings, limit)
-            node.children.append(child)
-        elif token == _END:
-            return node, after
-        else:
-            raise ValueError(f"unexpected token {token} at {off}")
-
-
-def _align4(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def fdt_build(fdt: Fdt, min_size: int = 0) -> bytes:
-    """Serialize like dtc: header, reserve map, struct block, strings block, then zero
-    padding up to `min_size` (counted in totalsize, like `dtc -p`)."""
-    strings = bytearray()
-    offsets: dict[str, int] = {}
-    body = bytearray()
-
-    def nameoff(name: str) -> int:
-        if name not in offsets:
-            offsets[name] = len(strings)
-            strings.extend(name.encode("ascii") + b"\0")
-        return offsets[name]
-
-    def emit(node: FdtNode) -> None:
-        name = node.name.encode("ascii") + b"\0"
-        body.extend(struct.pack(">I", _BEGIN) + name + b"\0" * (_align4(len(name)) - len(name)))
-        for key, value in node.props.items():
-            body.extend(struct.pack(">III", _PROP, len(value), nameoff(key)) + value)
-            body.extend(b"\0" * (_align4(len(value)) - len(value)))
-        for child in node.children:
-            emit(child)
-        body.extend(struct.pack(">I", _END))
-
-    emit(fdt.root)
-    body.extend(struct.pack(">I", _ENDTREE))
-    rsv = b"".join(struct.pack(">QQ", a, s) for a, s in fdt.reserve) + bytes(16)
-    off_rsv = 40
-    off_struct = off_rsv + len(rsv)
-    off_strings = off_struct + len(body)
-    total = max(off_strings + len(strings), min_size)
-    header = struct.pack(
-        ">10I", _FDT_MAGIC, total, off_struct, off_strings, off_rsv, 17, 16,
-        fdt.boot_cpuid, len(strings), len(body),
-    )  # fmt: skip
-    blob = header + rsv + bytes(body) + bytes(strings)
-    return blob + bytes(total - len(blob))
-
-
-def _strlist(value: bytes | None) -> list[str]:
-    return [s.decode("latin-1") for s in (value or b"").split(b"\0") if s]
-
-
-def _cells(value: bytes) -> list[int]:
-    return list(struct.unpack(f">{len(value) // 4}I", value[: len(value) // 4 * 4]))
-
-
-def _number(cells: list[int]) -> int:
-    n = 0
-    for c in cells:
-        n = (n << 32) | c
-    return n
-
-
-def _pack_number(value: int, ncells: int) -> bytes:
-    if value >= 1 << (32 * ncells):
-        raise RemasterError(f"{value:#x} does not fit in {ncells} device-tree cell(s)")
-    return b"".join(
-        struct.pack(">I", (value >> (32 * i)) & 0xFFFFFFFF) for i in reversed(range(ncells))
-    )
-
-
 # --------------------------------------------------------------------------- ION
+# The device tree is read and edited with pylibfdt (image/fdt.py), boot.sd through
+# image/fit.py; what is decided here is only which node is ION and what changes with it.
+
+_RESMEM = "/reserved-memory"
+_DISABLED = b"disabled\0"
 
 
-def _cell_counts(root: FdtNode, resmem: FdtNode) -> tuple[int, int]:
+@contextmanager
+def _as_remaster_error() -> Iterator[None]:
+    try:
+        yield
+    except FdtError as e:  # the DTB or FIT cannot be read or changed as asked
+        raise RemasterError(str(e)) from e
+
+
+def _cell_counts(dt: libfdt.Fdt) -> tuple[int, int]:
     """(#address-cells, #size-cells) governing /reserved-memory children."""
 
     def get(name: str, default: int) -> int:
-        for node in (resmem, root):
-            if name in node.props:
-                return _cells(node.props[name])[0]
+        for path in (_RESMEM, "/"):
+            if value := fdt.cells(fdt.prop(dt, path, name)):
+                return value[0]
         return default
 
     return get("#address-cells", 2), get("#size-cells", 1)
 
 
-def _is_ion(node: FdtNode) -> bool:
-    return (
-        "ion-region" in _strlist(node.props.get("compatible")) or node.name.split("@")[0] == "ion"
+def _is_ion(dt: libfdt.Fdt, path: str) -> bool:
+    name = path.rsplit("/", 1)[1]
+    return "ion-region" in fdt.strings(fdt.prop(dt, path, "compatible")) or (
+        name.split("@")[0] == "ion"
     )
 
 
-def _ion_size(node: FdtNode, acells: int, scells: int) -> int:
-    if "size" in node.props:
-        return _number(_cells(node.props["size"]))
-    reg = _cells(node.props.get("reg", b""))
+def _ion_size(dt: libfdt.Fdt, path: str, acells: int, scells: int) -> int:
+    if (size := fdt.prop(dt, path, "size")) is not None:
+        return fdt.number(fdt.cells(size))
+    reg = fdt.cells(fdt.prop(dt, path, "reg"))
     step = acells + scells
-    return sum(_number(reg[i + acells : i + step]) for i in range(0, len(reg) - step + 1, step))
+    return sum(fdt.number(reg[i + acells : i + step]) for i in range(0, len(reg) - step + 1, step))
 
 
 def set_ion_size(dtb: bytes, ion_size: int, what: str = "DTB") -> tuple[bytes, list[IonChange]]:
     """Return (new DTB, changes); the DTB comes back unchanged when nothing differs."""
-    fdt = fdt_parse(dtb, what)
-    resmem = fdt.root.child("reserved-memory")
-    ions = [c for c in resmem.children if _is_ion(c)] if resmem else []
-    if not ions:
-        if ion_size:
-            raise RemasterError(
-                f"{what} has no /reserved-memory ion node, so its size cannot be set to "
-                f"{ion_size:#x}; use ion_size=0 (nothing to free) or ion_size=None"
-            )
-        return dtb, []
-    acells, scells = _cell_counts(fdt.root, resmem)
-    changes = []
-    for node in ions:
-        before = _ion_size(node, acells, scells)
-        path = f"/reserved-memory/{node.name}"
-        if ion_size == 0:
-            resmem.children.remove(node)
-            disabled = _disable_consumers(fdt.root, node)
-            changes.append(IonChange(what, path, before, None, tuple(disabled)))
-        elif ion_size != before:
-            _resize_ion(node, ion_size, acells, scells, path)
-            changes.append(IonChange(what, path, before, ion_size))
-    # keep the original free space: U-Boot edits /chosen in place when fdt_high is ~0
-    return (fdt_build(fdt, _totalsize(dtb)) if changes else dtb), changes
+    with _as_remaster_error():
+        dt = fdt.load(dtb, what)
+        nodes = fdt.children(dt, _RESMEM) if fdt.exists(dt, _RESMEM) else []
+        ions = [p for n in nodes if _is_ion(dt, p := fdt.join(_RESMEM, n))]
+        if not ions:
+            if ion_size:
+                raise RemasterError(
+                    f"{what} has no /reserved-memory ion node, so its size cannot be set to "
+                    f"{ion_size:#x}; use ion_size=0 (nothing to free) or ion_size=None"
+                )
+            return dtb, []
+        acells, scells = _cell_counts(dt)
+        changes = []
+        for path in ions:
+            before = _ion_size(dt, path, acells, scells)
+            if ion_size == 0:
+                phandle = dt.get_phandle(dt.path_offset(path))  # 0: nothing refers to it
+                fdt.delete(dt, path)
+                disabled = _disable_consumers(dt, phandle) if phandle else []
+                changes.append(IonChange(what, path, before, None, tuple(disabled)))
+            elif ion_size != before:
+                _resize_ion(dt, path, ion_size, acells, scells)
+                changes.append(IonChange(what, path, before, ion_size))
+        # keep the original free space: U-Boot edits /chosen in place when fdt_high is ~0
+        return (fdt.dump(dt, fdt.totalsize(dtb)) if changes else dtb), changes
 
 
-def _totalsize(blob: bytes) -> int:
-    return struct.unpack_from(">I", blob, 4)[0]
-
-
-def _resize_ion(node: FdtNode, ion_size: int, acells: int, scells: int, path: str) -> None:
-    if "size" in node.props:
-        node.props["size"] = _pack_number(ion_size, scells)
-    if "reg" in node.props:
-        reg = _cells(node.props["reg"])
-        if len(reg) != acells + scells:
-            raise RemasterError(f"{path} has {len(reg)} reg cells; expected one <base size> pair")
-        node.props["reg"] = _pack_number(_number(reg[:acells]), acells) + _pack_number(
-            ion_size, scells
+def _resize_ion(dt: libfdt.Fdt, path: str, ion_size: int, acells: int, scells: int) -> None:
+    if fdt.prop(dt, path, "size") is not None:
+        fdt.setprop(dt, path, "size", fdt.encode_number(ion_size, scells))
+    if (reg := fdt.prop(dt, path, "reg")) is not None:
+        cells = fdt.cells(reg)
+        if len(cells) != acells + scells:
+            raise RemasterError(f"{path} has {len(cells)} reg cells; expected one <base size> pair")
+        base = fdt.number(cells[:acells])
+        fdt.setprop(
+            dt, path, "reg", fdt.encode_number(base, acells) + fdt.encode_number(ion_size, scells)
         )
 
 
-def _disable_consumers(root: FdtNode, region: FdtNode) -> list[str]:
+def _disable_consumers(dt: libfdt.Fdt, phandle: int) -> list[str]:
     """Disable nodes whose memory-region is the deleted region; also their cvitek-ion parent
     once it has no enabled heap left (its driver fails to probe with zero heaps)."""
-    handle = region.props.get("phandle") or region.props.get("linux,phandle")
-    if handle is None:
-        return []
-    phandle = _cells(handle)[0]
+    consumers = [p for p in fdt.walk(dt) if phandle in fdt.cells(fdt.prop(dt, p, "memory-region"))]
     disabled = []
-    for path, node, parent in list(root.walk()):
-        if phandle not in _cells(node.props.get("memory-region", b"")):
-            continue
-        node.props["status"] = b"disabled\0"
+    for path in consumers:
+        fdt.setprop(dt, path, "status", _DISABLED)
         disabled.append(path)
-        if parent is not None and "cvitek,cvitek-ion" in _strlist(parent.props.get("compatible")):
-            if all(c.props.get("status") == b"disabled\0" for c in parent.children):
-                parent.props["status"] = b"disabled\0"
-                disabled.append(path.rsplit("/", 1)[0])
+        parent = path.rsplit("/", 1)[0] or "/"
+        if "cvitek,cvitek-ion" in fdt.strings(fdt.prop(dt, parent, "compatible")):
+            heaps = [fdt.join(parent, c) for c in fdt.children(dt, parent)]
+            if all(fdt.prop(dt, h, "status") == _DISABLED for h in heaps):
+                fdt.setprop(dt, parent, "status", _DISABLED)
+                disabled.append(parent)
     return disabled
 
 
 # --------------------------------------------------------------------------- FIT
 
-_HASHES = {
-    "crc32": lambda d: zlib.crc32(d).to_bytes(4, "big"),
-    "md5": lambda d: hashlib.md5(d).digest(),
-    "sha1": lambda d: hashlib.sha1(d).digest(),
-    "sha256": lambda d: hashlib.sha256(d).digest(),
-    "sha384": lambda d: hashlib.sha384(d).digest(),
-    "sha512": lambda d: hashlib.sha512(d).digest(),
-}
-
-
-def _hash_nodes(image: FdtNode) -> list[FdtNode]:
-    return [c for c in image.children if c.name.split("@")[0].startswith("hash")]
-
-
-def _rehash(image: FdtNode, data: bytes) -> None:
-    for h in _hash_nodes(image):
-        algo = _strlist(h.props.get("algo"))[:1]
-        if not algo or algo[0] not in _HASHES:
-            raise RemasterError(f"FIT image {image.name}: unsupported hash algo {algo}")
-        h.props["value"] = _HASHES[algo[0]](data)
-
-
-def _fit_sections(fit: Fdt) -> tuple[FdtNode, FdtNode | None]:
-    images = fit.root.child("images")
-    if images is None:
-        raise RemasterError("boot.sd is not a FIT image (no /images node)")
-    return images, fit.root.child("configurations")
-
 
 def edit_fit(blob: bytes, ion_size: int) -> tuple[bytes | None, list[IonChange], list[str]]:
     """(new FIT or None if unchanged, ion changes, configuration names)."""
-    fit = fdt_parse(blob, "boot.sd")
-    images, configs = _fit_sections(fit)
-    config_names = [c.name for c in configs.children] if configs else []
-    dtbs = [i for i in images.children if _strlist(i.props.get("type"))[:1] == ["flat_dt"]]
-    if not dtbs:
-        raise RemasterError("boot.sd holds no flat_dt (device tree) image")
-    changes: list[IonChange] = []
-    for image in dtbs:
-        data = _embedded_data(image)
-        new, found = set_ion_size(data, ion_size, image.name)
-        if not found:
-            continue
-        _refuse_signed(image, configs)
-        image.props["data"] = new
-        _rehash(image, new)
-        changes.extend(found)
-    return (fdt_build(fit, _totalsize(blob)) if changes else None), changes, config_names
-
-
-def _embedded_data(image: FdtNode) -> bytes:
-    if "data" not in image.props:
-        raise RemasterError(
-            f"FIT image {image.name} keeps its data outside the tree (mkimage -E); unsupported"
-        )
-    compression = _strlist(image.props.get("compression"))[:1]
-    if compression not in ([], ["none"]):
-        raise RemasterError(f"FIT image {image.name} is {compression[0]}-compressed; unsupported")
-    return image.props["data"]
-
-
-def _refuse_signed(image: FdtNode, configs: FdtNode | None) -> None:
-    nodes = [image] + (configs.children if configs else [])
-    if any(c.name.startswith("signature") for n in nodes for c in n.children):
-        raise RemasterError("boot.sd is a signed FIT; re-signing needs the private key")
-
-
-def verify_fit(blob: bytes) -> list[str]:
-    """Problems found recomputing every hash and resolving every configuration; [] = good."""
-    images, configs = _fit_sections(fdt_parse(blob, "boot.sd"))
-    problems = []
-    for image in images.children:
-        data = image.props.get("data")
-        for h in _hash_nodes(image):
-            algo = (_strlist(h.props.get("algo")) or ["?"])[0]
-            if data is None or algo not in _HASHES:
-                problems.append(f"{image.name}/{h.name}: cannot check {algo}")
-            elif _HASHES[algo](data) != h.props.get("value"):
-                problems.append(f"{image.name}/{h.name}: {algo} mismatch")
-    names = {i.name for i in images.children}
-    for config in configs.children if configs else []:
-        for key in ("kernel", "fdt", "ramdisk"):
-            for ref in _strlist(config.props.get(key)):
-                if ref not in names:
-                    problems.append(f"{config.name}: {key} {ref} is not an image")
-    return problems
+    with _as_remaster_error():
+        boot = fit.load(blob, "boot.sd")
+        dtbs = [i for i in fit.images(boot) if fit.image_type(boot, i) == "flat_dt"]
+        if not dtbs:
+            raise RemasterError("boot.sd holds no flat_dt (device tree) image")
+        new_data: dict[str, bytes] = {}
+        changes: list[IonChange] = []
+        for image in dtbs:
+            new, found = set_ion_size(fit.embedded_data(boot, image), ion_size, image)
+            if found:
+                fit.refuse_signed(boot, image)
+                new_data[image] = new
+                changes.extend(found)
+        configs = fit.configurations(boot)
+        if not changes:
+            return None, changes, configs
+        return fit.replace_data(boot, new_data, fdt.totalsize(blob)), changes, configs
 
 
 # --------------------------------------------------------------------------- host tools
@@ -814,7 +611,7 @@ def _update_boot(
     new, changes, configs = edit_fit(boot_sd.read_bytes(), ion_size)
     if new is None:
         return False, changes, configs
-    problems = verify_fit(new)
+    problems = fit.verify(new)
     if problems:  # a bug here, never the input's fault
         raise RemasterError(f"rebuilt boot.sd does not verify: {'; '.join(problems)}")
     boot_sd.write_bytes(new)

@@ -1,0 +1,392 @@
+"""Counting what the engine executes under QEMU, for the cycle model (engine/CYCLE_MODEL.md,
+"What is counted"): the counting plugin, the runs at -n FIRST and -n LAST, the static
+binary's symbols and disassembly, and per configuration the counts per token weighed by
+cycles.py, the bytes it streams and the host build's peak RSS."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import os
+import re
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from duo_builder import errors
+from duo_builder.bench.riscv.cycles import (
+    FIRST,
+    LAST,
+    TOKENS,
+    RiscvBenchError,
+    TokenBytes,
+    bytes_per_token,
+    governing_vtypes,
+    modelled_tok_s,
+    parse_objdump,
+    weigh,
+)
+from duo_builder.build import engine, toolchain
+from duo_builder.build.hostdeps import ensure_commands
+from duo_builder.model import packed
+from duo_builder.paths import BUILD, ENGINE_SRC
+
+STORY_ARGS = ["-s", "123", "-t", "1.0", "-p", "0.9", "-i", "Once upon a time"]
+QEMU = "qemu-riscv64"  # dynamic: qemu-riscv64-static cannot load plugins
+GNU_TIME = "/usr/bin/time"
+PLUGIN_SRC = ENGINE_SRC / "tools" / "qemu_insn_plugin.c"
+OUT = BUILD / "riscv-bench"
+PLUGIN = OUT / "libinsncount.so"
+NM = "riscv64-linux-gnu-nm"
+FORWARD = "transformer_forward"  # one call per position: checks the runs' lengths
+# "The matvec kernels": every function of the build's per-ISA kernel object
+# (obj/kernels_<set>.o, static helpers included), the generic matvec kernels (kernels_ref.c,
+# kernels_fast.c: f32_ref, q80_fast, pq8_a16_ref, ...) and the matvec_* dispatchers
+KERNEL_SYMBOLS = re.compile(r"^(matvec_|(f32|q80|pf32|pq8|pq4|pq8_a16)_(ref|fast)(\.|$))")
+
+
+def build_plugin() -> Path:
+    """build/riscv-bench/libinsncount.so from engine/tools/qemu_insn_plugin.c, with the host
+    gcc, when missing or older than its source."""
+    if PLUGIN.exists() and PLUGIN.stat().st_mtime >= PLUGIN_SRC.stat().st_mtime:
+        return PLUGIN
+    ensure_commands({"gcc": "gcc"}, "building the QEMU counting plugin")
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = PLUGIN.with_name(f".{PLUGIN.name}.{os.getpid()}.tmp")
+    cmd = ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
+    cmd += ["-fvisibility=hidden", "-o", str(tmp), str(PLUGIN_SRC)]
+    try:
+        errors.run(cmd, what=f"building {PLUGIN_SRC.name}", error=RiscvBenchError)
+    except RiscvBenchError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, PLUGIN)
+    return PLUGIN
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One counted run: executions and instruction bytes per guest address."""
+
+    total: int
+    per_address: dict[int, int]
+    encoding: dict[int, bytes]
+
+
+def read_counts(path: Path) -> Counts:
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith("# qemu_insn_plugin 1 total "):
+        raise RiscvBenchError(f"{path}: not a qemu_insn_plugin dump")
+    if "incomplete" in lines[0]:
+        raise RiscvBenchError(f"{path}: the plugin ran out of memory; counts are incomplete")
+    total = int(lines[0].split()[4])
+    per, enc = {}, {}
+    for line in lines[1:]:
+        addr, count, raw = line.split()
+        a = int(addr, 16)
+        per[a] = per.get(a, 0) + int(count)
+        enc[a] = bytes.fromhex(raw)
+    return Counts(total, per, enc)
+
+
+def qemu_prefix(target: str, plugin: Path, out: Path) -> list[str]:
+    """The dynamic qemu-riscv64 command that runs a static `target` build with the plugin."""
+    t = engine.target(target)
+    if t.no_runner:
+        raise RiscvBenchError(f"cannot count the {target!r} build: {t.no_runner}")
+    if not t.chroot or t.qemu not in toolchain.QEMU_CPUS:
+        raise RiscvBenchError(f"{target!r} is not a riscv64 target QEMU runs")
+    ensure_commands({QEMU: "qemu-user"}, "counting riscv64 instructions (a plugin-capable QEMU)")
+    cpu = toolchain.QEMU_CPUS[t.qemu]
+    return [shutil.which(QEMU) or QEMU, "-cpu", cpu, "-plugin", f"{plugin},out={out}"]
+
+
+def count_run(
+    binary: Path,
+    target: str,
+    model: Path,
+    tokenizer: Path,
+    kpath: str | None,
+    steps: int,
+    out: Path,
+) -> tuple[Counts, str]:
+    """Run the engine under QEMU with the plugin; (counts, the story)."""
+    cmd = [*qemu_prefix(target, build_plugin(), out), "-d", "plugin", str(binary), str(model)]
+    cmd += ["-z", str(tokenizer), *STORY_ARGS, "-n", str(steps)]
+    if kpath:
+        cmd += ["-k", kpath]
+    out.unlink(missing_ok=True)
+    what = f"counting {model.name} -n {steps} under {QEMU}"
+    p = errors.run(cmd, what=what, error=RiscvBenchError)
+    if not out.exists():
+        raise RiscvBenchError(f"the plugin wrote no counts ({out}): {p.stderr.strip()[-300:]}")
+    return read_counts(out), p.stdout
+
+
+@dataclass(frozen=True)
+class Symbol:
+    address: int
+    size: int
+    name: str
+
+
+def text_symbols(binary: Path) -> list[Symbol]:
+    """Function symbols of a static riscv64 binary (nm), by address."""
+    p = toolchain.run_in_chroot([NM, "-S", "-n", "--defined-only", str(binary)])
+    if p.returncode != 0:
+        raise RiscvBenchError(f"nm {binary} failed: {p.stderr.strip()}")
+    out = []
+    for f in map(str.split, p.stdout.splitlines()):
+        if len(f) == 4 and f[2] in "tTwW" and not f[3].startswith("$"):
+            out.append(Symbol(int(f[0], 16), int(f[1], 16), f[3]))
+    return out
+
+
+def disassemble(binary: Path) -> str:
+    """The sid chroot's objdump; `-M max` decodes every extension (glibc's vector string
+    functions carry ISA mapping symbols the default would not)."""
+    p = toolchain.run_in_chroot([toolchain.OBJDUMP, "-d", "-M", "max", str(binary)])
+    if p.returncode != 0:
+        raise RiscvBenchError(f"objdump {binary} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def kernel_object(target: str) -> Path | None:
+    """build/<target>/obj/kernels_<set>.o, the per-ISA kernels, if the build left it."""
+    obj = engine.build_dir(target) / "obj" / f"kernels_{engine.target(target).kernels}.o"
+    return obj if obj.exists() else None
+
+
+@dataclass(frozen=True)
+class BinaryModel:
+    """A static binary's cycle-model weights, encodings and function symbols."""
+
+    weights: dict[int, float]
+    raw: dict[int, int]
+    symbols: list[Symbol]
+    kernels: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, binary: Path, kernel_object: Path | None = None) -> BinaryModel:
+        text = disassemble(binary)
+        insns = parse_objdump(text)
+        weights = {
+            i.address: weigh(i, t) for i, t in zip(insns, governing_vtypes(insns), strict=True)
+        }
+        raw = {i.address: i.raw for i in insns if i.raw is not None}
+        kernels = frozenset(s.name for s in (text_symbols(kernel_object) if kernel_object else ()))
+        return cls(weights, raw, text_symbols(binary), kernels)
+
+    def is_kernel(self, name: str) -> bool:
+        """Whether function `name` (maybe a gcc clone, name.constprop.0) is a kernel."""
+        return bool(KERNEL_SYMBOLS.match(name)) or name.split(".")[0] in self.kernels
+
+    def symbol_at(self, address: int) -> str:
+        starts = [s.address for s in self.symbols]
+        i = bisect.bisect_right(starts, address) - 1
+        while i >= 0:
+            s = self.symbols[i]
+            if s.address <= address < s.address + max(s.size, 1):
+                return s.name
+            if s.size:  # a sized symbol that ends before: not inside any
+                break
+            i -= 1
+        return ""
+
+    def entry(self, name: str) -> int | None:
+        return next((s.address for s in self.symbols if s.name == name), None)
+
+
+# ===========================================================================================
+# Measuring configurations
+# ===========================================================================================
+
+
+@dataclass(frozen=True)
+class Configuration:
+    label: str
+    model: Path
+    kpath: str | None  # -k; None: the engine picks for the file
+    target: str = "rv64gcv"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    config: Configuration
+    insns: float  # per token
+    units: float  # per token
+    kernel_units: float
+    bytes: TokenBytes
+    rss_kb: int
+    kernels: tuple[str, ...]
+    unknown: float  # per token: executed addresses objdump did not list
+
+    @property
+    def ratio(self) -> float:
+        return self.units / self.insns
+
+    def kernel_share(self) -> float:
+        return self.kernel_units / self.units if self.units else 0.0
+
+    def cycles(self, k: float) -> float:
+        return k * self.units
+
+    def tok_s(self, k: float) -> float:
+        return modelled_tok_s(self.bytes.total, self.cycles(k))
+
+
+def per_token(
+    short: Counts, long: Counts, bm: BinaryModel, label: str
+) -> tuple[float, float, float, tuple[str, ...], float]:
+    """(insns, units, kernel units, kernel symbols, unknown insns) per token from the
+    difference of the two runs' counts."""
+    units = kernel = unknown = 0.0
+    kernels: set[str] = set()
+    for addr, n_long in long.per_address.items():
+        n = n_long - short.per_address.get(addr, 0)
+        if n == 0:
+            continue
+        raw = bm.raw.get(addr)
+        if raw is not None and int.from_bytes(long.encoding[addr], "little") != raw:
+            raise RiscvBenchError(
+                f"{label}: the instruction QEMU ran at {addr:#x} is not the one objdump lists: "
+                "was the binary rebuilt during the run?"
+            )
+        w = bm.weights.get(addr)
+        if w is None:
+            unknown += n
+            w = 1.0
+        units += n * w
+        name = bm.symbol_at(addr)
+        if bm.is_kernel(name):
+            kernel += n * w
+            kernels.add(name.split(".")[0])
+    insns = (long.total - short.total) / TOKENS
+    return insns, units / TOKENS, kernel / TOKENS, tuple(sorted(kernels)), unknown / TOKENS
+
+
+def host_rss_kb(host: Path, c: Configuration, tokenizer: Path) -> int:
+    """Peak RSS of the host build on the same model and path, the contest's full run
+    (GNU time: RSS under QEMU would include QEMU's own)."""
+    from duo_builder.bench.contest import BenchError, run_once
+
+    extra = ["-k", c.kpath] if c.kpath else []
+    try:
+        return run_once(host, c.model, tokenizer, extra)[1]
+    except BenchError as e:
+        raise RiscvBenchError(str(e)) from None
+
+
+class _Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.lock, self.t0 = total, 0, threading.Lock(), time.monotonic()
+
+    def say(self, msg: str) -> None:
+        with self.lock:
+            print(f"  [{time.monotonic() - self.t0:5.0f} s] {msg}", flush=True)
+
+    def finished(self, what: str, seconds: float) -> None:
+        with self.lock:
+            self.done += 1
+            done = self.done
+        self.say(f"{done}/{self.total} done: {what} ({seconds:.0f} s)")
+
+
+def recomputed_bytes_per_token(host: Path, model: Path, tokenizer: Path) -> int:
+    """The fp32 classifier tiles a faithful file's sampler recomputes, in bytes per token:
+    the mean per step of the host build's contest run (LLAMA2_FAITHFUL_STATS=1). Only a
+    run knows it; the file's fixed part is header_bytes_per_token()'s."""
+    cmd = [host, model, "-z", tokenizer, *STORY_ARGS, "-n", "256"]
+    env = {**os.environ, "LLAMA2_FAITHFUL_STATS": "1"}
+    p = errors.run(cmd, what=f"the faithful run of {model.name}", error=RiscvBenchError, env=env)
+    m = re.search(r"tiles per step ([0-9.]+)", p.stderr)
+    if not m:
+        raise RiscvBenchError(f"{host} {model}: no faithful statistics: {p.stderr[-300:]}")
+    with open(model, "rb") as f:
+        head = f.read(packed.TABLE_OFFSET)
+    try:
+        dim = packed.parse_header(head).config.dim
+    except (ValueError, struct.error) as e:
+        raise RiscvBenchError(f"{model}: {e}") from None
+    return round(float(m[1]) * packed.tile_bytes("faithful", dim))
+
+
+def _snapshot(target: str) -> tuple[Path, Path]:
+    """Copies of the target's binary and kernel object: every count must describe one
+    binary, even if the build is remade while the runs go on."""
+    where = OUT / "snapshot" / target
+    where.mkdir(parents=True, exist_ok=True)
+    binary = Path(shutil.copy2(engine.build(target), where / "llama2"))
+    return binary, Path(shutil.copy2(kernel_object(target), where / "kernels.o"))
+
+
+def measure(
+    configs: Sequence[Configuration], tokenizer: Path, jobs: int | None = None
+) -> list[Measurement]:
+    """Count every configuration at -n FIRST and -n LAST (in parallel), then weigh."""
+    ensure_commands({GNU_TIME: "time"}, "measuring peak RSS")
+    build_plugin()
+    snapshots = {t: _snapshot(t) for t in sorted({c.target for c in configs})}
+    binaries = {t: b for t, (b, _) in snapshots.items()}
+    models = {t: BinaryModel.of(b, k) for t, (b, k) in snapshots.items()}
+    # RSS as on the Duo: a static build where the project has one (no host shared libraries)
+    host = engine.build("host-static" if "host-static" in engine.TARGETS else "host")
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs = [(c, n) for n in (LAST, FIRST) for c in configs]  # the long runs first
+    progress = _Progress(len(runs))
+
+    def one(job: tuple[Configuration, int]) -> tuple[Counts, str]:
+        c, n = job
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{c.target}-{c.label}")
+        t0 = time.monotonic()
+        progress.say(f"start {c.label} -n {n}")
+        result = count_run(
+            binaries[c.target], c.target, c.model, tokenizer, c.kpath, n, OUT / f"{slug}-n{n}.txt"
+        )
+        progress.finished(
+            f"{c.label} -n {n}: {result[0].total / 1e6:.0f} M insns", time.monotonic() - t0
+        )
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
+        results = dict(zip(runs, pool.map(one, runs), strict=True))
+
+    out = []
+    for c in configs:
+        (short, s_story), (long, l_story) = results[(c, FIRST)], results[(c, LAST)]
+        bm = models[c.target]
+        _check_runs(c, bm, short, long, s_story, l_story)
+        insns, units, kernel, kernels, unknown = per_token(short, long, bm, c.label)
+        rss = host_rss_kb(host, c, tokenizer)
+        tb = bytes_per_token(c.model)
+        if tb.format == "faithful":
+            extra = recomputed_bytes_per_token(host, c.model, tokenizer)
+            tb = dataclasses.replace(tb, weights=tb.weights + extra)
+        out.append(Measurement(c, insns, units, kernel, tb, rss, kernels, unknown))
+    return out
+
+
+def _check_runs(
+    c: Configuration, bm: BinaryModel, short: Counts, long: Counts, s: str, lg: str
+) -> None:
+    """The short run's story must begin the long one's, and the runs must have made
+    FIRST and LAST forward passes (a story that ends early, at BOS, would not)."""
+    if not lg.startswith(s.rstrip("\n")):
+        raise RiscvBenchError(
+            f"{c.label}: the -n {FIRST} story is not the start of the -n {LAST} one "
+            "(a nondeterministic path?)"
+        )
+    entry = bm.entry(FORWARD)
+    if entry is None:
+        return
+    got = (short.per_address.get(entry, 0), long.per_address.get(entry, 0))
+    if got != (FIRST, LAST):
+        raise RiscvBenchError(
+            f"{c.label}: {FORWARD} ran {got[0]} and {got[1]} times, expected {FIRST} and "
+            f"{LAST}: the story ended early (try another seed or model)"
+        )
