@@ -22,13 +22,17 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
 ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 
 FROM offline AS sdk
-# What the vendor SDK's build.sh and Buildroot 2024.02 need (the SDK documents Ubuntu
-# 22.04's equivalents), plus Python for our own build step.
+# What the vendor SDK's build.sh and Buildroot 2024.02 need: the SDK's documented Ubuntu
+# 22.04 list in bookworm's names (dosfstools: genimage's mkdosfs for the boot partition),
+# less python3-pip and tree (nothing in the build uses them) and android-sdk-ext4-utils
+# (eMMC images only; not in bookworm); plus genimage and Python for our own build step.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        bc bison build-essential ca-certificates cmake cpio device-tree-compiler file flex \
-        git genimage libncurses-dev libssl-dev mtools ninja-build pkg-config python3 \
-        python3-jinja2 python3-yaml rsync scons slib squashfs-tools unzip u-boot-tools wget \
-        xz-utils && \
+        android-sdk-libsparse-utils autoconf automake bc bison build-essential \
+        ca-certificates cmake cpio curl device-tree-compiler dosfstools expect fakeroot file \
+        flex genext2fs genimage git jq libncurses-dev libncurses5 libssl-dev libtool mtools \
+        ninja-build openssh-client parallel pkg-config python-is-python3 python3 python3-dev \
+        python3-distutils python3-jinja2 python3-yaml rsync scons slib squashfs-tools tcl \
+        unzip u-boot-tools wget xz-utils && \
     apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # Buildroot refuses to run as root unless told; the container is throwaway.

@@ -8,17 +8,17 @@ DUO_STORYTELLER_VERSION = local
 DUO_STORYTELLER_SITE = $(BR2_EXTERNAL_DUO_STORYTELLER_PATH)/../engine
 DUO_STORYTELLER_SITE_METHOD = local
 DUO_STORYTELLER_LICENSE = MIT
-DUO_STORYTELLER_DEPENDENCIES = espeak pocketsphinx alsa-lib host-pkgconf
+DUO_STORYTELLER_DEPENDENCIES = espeak-ng pocketsphinx alsa-lib host-pkgconf
 
-# Buildroot carries espeak 1.48, not espeak-ng: the storyteller's TTS interface uses
-# the speak_lib API both provide, so TTS=espeak links it without a new package.
+# Every library below comes from staging through pkg-config (espeak-ng, pocketsphinx,
+# alsa): Buildroot's own espeak 1.48 installs nothing to staging, hence our espeak-ng.
 define DUO_STORYTELLER_BUILD_CMDS
 	$(TARGET_MAKE_ENV) $(MAKE) -C $(@D) O=$(@D)/out \
 		CC="$(TARGET_CC)" AR="$(TARGET_AR)" \
 		CFLAGS="$(TARGET_CFLAGS) $(call qstrip,$(BR2_PACKAGE_DUO_STORYTELLER_CFLAGS))" \
 		LDFLAGS="$(TARGET_LDFLAGS)" \
 		KERNELS=$(call qstrip,$(BR2_PACKAGE_DUO_STORYTELLER_KERNELS)) \
-		PROGRAMS="llama2 storyteller" TTS=espeak AUDIO=alsa \
+		PROGRAMS="llama2 storyteller" TTS=espeak-ng AUDIO=alsa \
 		PKG_CONFIG="$(PKG_CONFIG_HOST_BINARY)" all
 endef
 
