@@ -30,15 +30,17 @@ RVV_CPUS = {
     "vlen 128, tails all ones": "rv64,v=true,vlen=128,vext_spec=v1.0,Zfh=true,rvv_ta_all_1s=true",
 }
 
-# matvec_f32_fast within 1e-5 of the reference; matvec_q80 bit-identical to
-# matvec_q80_ref; none writes past out[rows - 1]. Shapes: every row count mod 4,
+# Each kernel of the ISA's set (kernels_isa, kernels_rvv.c) against the generic reference
+# (kernels_ref, kernels_ref.c); the rvv set must override every one (else the check would
+# compare the reference with itself). fp32 fast within 1e-5 of the reference; Q8_0
+# bit-identical to it; none writes past out[rows - 1]. Shapes: every row count mod 4,
 # columns around the vector lengths, every group size the converter makes and some it
 # does not, -128 weights, unaligned scales and rows straddling groups (the fallbacks).
-# Packed tiles: matvec_packed_q (q8, q4) and matvec_packed_f32 unfused bit-identical to
-# the references, fused within 1e-5; rows around tiles (one and two per pass, partial last
+# Packed tiles: q8, q4 and fp32 ref (unfused) bit-identical to the references, fp32 fast
+# (fused) within 1e-5; rows around tiles (one and two per pass, partial last
 # tiles), columns around groups, random bf16 scales (zero and subnormal ones too), and the
 # widest products (-128 / -8 weights against |x| = 127).
-# Attention over the binary16 cache: attention_f16 bit-identical to attention_f16_ref (scores
+# Attention over the binary16 cache: the ISA's bit-identical to the reference's (scores
 # and outputs), positions 0 to past 2 x VLMAX(e32m4) at VLEN 1024, head sizes around the
 # vector lengths, strides larger than the data, caches with subnormals, zeros of both
 # signs, every exponent, inf and NaN (then both NaN counts as equal), queries beyond
@@ -59,6 +61,8 @@ static float uniform(void) {
 }
 static int failures, checks;
 #define FAIL(...) do { if (failures++ < 10) printf(__VA_ARGS__); } while (0)
+#define ISA(type) kernels_isa.types[type] /* kernels_rvv.c */
+#define REF(type) kernels_ref.types[type] /* kernels_ref.c */
 
 static void check_f32(size_t n, size_t d) {
     float *w = malloc(n * d * sizeof *w), *x = malloc(n * sizeof *x);
@@ -66,8 +70,10 @@ static void check_f32(size_t n, size_t d) {
     for (size_t i = 0; i < n * d; i++) w[i] = uniform();
     for (size_t j = 0; j < n; j++) x[j] = uniform();
     b[d] = 12345.0f;
-    matvec_f32_ref(a, w, x, n, d);
-    matvec_f32_fast(b, w, x, n, d);
+    Tensor t = {.type = TENSOR_F32, .rows = d, .cols = n, .f = w};
+    Activation xa = {.f = x, .n = n};
+    REF(TENSOR_F32).matvec_ref(a, &t, &xa);
+    ISA(TENSOR_F32).matvec_fast(b, &t, &xa);
     for (size_t i = 0; i < d; i++) {
         double mag = 0;
         for (size_t j = 0; j < n; j++) mag += fabs((double)w[i * n + j] * x[j]);
@@ -100,8 +106,8 @@ static void check_q80(size_t rows, size_t cols, size_t gs, size_t misalign, int 
                 .s = sbuf + misalign, .group_size = gs};
     Activation a = {.f = x, .q = xq, .s = xs, .n = cols, .group_size = gs};
     out[rows] = 12345.0f;
-    matvec_q80(out, &t, &a);
-    matvec_q80_ref(ref, &t, &a);
+    ISA(TENSOR_Q80).matvec_fast(out, &t, &a);
+    REF(TENSOR_Q80).matvec_ref(ref, &t, &a);
     for (size_t i = 0; i < rows; i++) {
         checks++;
         if (memcmp(&out[i], &ref[i], sizeof(float)) != 0)
@@ -174,8 +180,8 @@ static void check_packed_q(TensorType type, size_t rows, size_t cols, int extrem
     Activation a = {.f = x, .q = xq, .s = xs, .n = cols, .group_size = G};
     float *out = malloc((rows + 1) * sizeof *out), *ref = malloc(rows * sizeof *ref);
     out[rows] = 12345.0f;
-    matvec_packed_q(out, &w, &a);
-    matvec_packed_q_ref(ref, &w, &a);
+    ISA(type).matvec_fast(out, &w, &a);
+    REF(type).matvec_ref(ref, &w, &a);
     for (size_t i = 0; i < rows; i++) {
         checks++;
         if (memcmp(&out[i], &ref[i], sizeof(float)) != 0)
@@ -191,8 +197,8 @@ static void check_packed_q(TensorType type, size_t rows, size_t cols, int extrem
             x16[j] = extreme ? (int16_t)(j % 2 ? -32767 : 32767)
                              : (int16_t)((int)(rnd() % 65535) - 32767);
         out[rows] = 12345.0f;
-        matvec_packed_q8a16(out, &w, x16, xs);
-        matvec_packed_q8a16_ref(ref, &w, x16, xs);
+        ISA(TENSOR_PQ8).matvec_a16(out, &w, x16, xs);
+        REF(TENSOR_PQ8).matvec_a16(ref, &w, x16, xs);
         for (size_t i = 0; i < rows; i++) {
             checks++;
             if (memcmp(&out[i], &ref[i], sizeof(float)) != 0)
@@ -217,11 +223,12 @@ static void check_packed_f32(size_t rows, size_t cols) {
     for (size_t j = 0; j < cols; j++) x[j] = uniform();
     Tensor w = {.type = TENSOR_PF32, .rows = rows, .cols = cols,
                 .p = (const unsigned char *)p, .tiles = tiles};
+    Activation a = {.f = x, .n = cols};
     float *out = malloc((rows + 1) * sizeof *out), *ref = malloc(rows * sizeof *ref);
-    matvec_packed_f32_ref(ref, &w, x);
+    REF(TENSOR_PF32).matvec_ref(ref, &w, &a);
     for (int fused = 0; fused <= 1; fused++) {
         out[rows] = 12345.0f;
-        matvec_packed_f32(out, &w, x, fused);
+        (fused ? ISA(TENSOR_PF32).matvec_fast : ISA(TENSOR_PF32).matvec_ref)(out, &w, &a);
         for (size_t i = 0; i < rows; i++) {
             double mag = 0;
             for (size_t j = 0; j < cols; j++)
@@ -277,8 +284,8 @@ static void check_attention(int pos, int head_size, int specials, int kind) {
     float *att = malloc((n + 1) * sizeof *att), *out = malloc((hs + 1) * sizeof *out);
     float *ratt = malloc(n * sizeof *ratt), *rout = malloc(hs * sizeof *rout);
     att[n] = 12345.0f, out[hs] = 12345.0f;
-    attention_f16_ref(rout, ratt, q, key, key_stride, value, value_stride, pos, head_size);
-    attention_f16(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+    kernels_ref.attention_f16(rout, ratt, q, key, key_stride, value, value_stride, pos, head_size);
+    kernels_isa.attention_f16(out, att, q, key, key_stride, value, value_stride, pos, head_size);
     int bad = 0;
     for (size_t t = 0; t < n; t++) bad += !same(att[t], ratt[t]);
     for (size_t i = 0; i < hs; i++) bad += !same(out[i], rout[i]);
@@ -292,6 +299,11 @@ static void check_attention(int pos, int head_size, int specials, int kind) {
 }
 
 int main(void) {
+    const TensorType q[] = {TENSOR_F32, TENSOR_Q80, TENSOR_PF32, TENSOR_PQ8, TENSOR_PQ4};
+    for (size_t k = 0; k < sizeof q / sizeof q[0]; k++)
+        if (!ISA(q[k]).matvec_fast) FAIL("no ISA matvec_fast for tensor type %d\n", (int)q[k]);
+    if (!ISA(TENSOR_PF32).matvec_ref || !ISA(TENSOR_PQ8).matvec_a16 || !kernels_isa.attention_f16)
+        FAIL("the ISA set lacks packed fp32 ref, q8 x int16 or binary16 attention\n");
     int heads[] = {1, 8, 17, 48, 64, 100};
     int far[] = {63, 64, 65, 127, 128, 129, 255, 256, 257, 300};
     for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
@@ -328,7 +340,7 @@ int main(void) {
     check_q80(64, 172, 64, 0, 0);
     check_q80(288, 768, 32, 0, 0);
     check_q80(37, 768, 64, 0, 1);
-    printf("%s: %d passed, %d failed\n", kernels_name, checks - failures, failures);
+    printf("%s: %d passed, %d failed\n", kernels_name(), checks - failures, failures);
     return failures != 0;
 }
 """
@@ -341,13 +353,14 @@ def stories260k_q80() -> Path:
 
 @pytest.fixture(scope="module")
 def kernel_check(rv64gcv_engine) -> Path:
-    """The kernel check, compiled in the toolchain chroot against the rv64gcv library."""
+    """The kernel check, compiled in the toolchain chroot against the rv64gcv library's
+    modules (llama2-internal.o: libllama2.a exports only the public API)."""
     out = BUILD / "test-rvv"
     out.mkdir(parents=True, exist_ok=True)
     src, binary = out / "kernel_check.c", out / "kernel_check"
     src.write_text(KERNEL_CHECK)
     t = engine.target("rv64gcv")
-    lib = engine.build_dir("rv64gcv") / "libllama2.a"
+    lib = engine.build_dir("rv64gcv") / "obj" / "lib" / "llama2-internal.o"
     engine_src = ENGINE_SRC / "src"
     cmd = [t.cc, "-std=c11", "-Wall", "-Wextra", "-Werror", *t.cflags.split()]
     cmd += [f"-I{engine_src}", str(src), str(lib), "-static", "-lm", "-o", str(binary)]
@@ -437,7 +450,7 @@ def test_stories_agree_with_the_host(rv64gcv_engine, host_engine, stories260k_q8
 # what they must not: vlenb reads (spills: a CSR the C906 lacks), vector-to-scalar moves
 # (th.vmv.x.s zero-extends) and the ordered fp reduction (slow)
 C906_WANTS = {
-    "matvec_f32_fast": {"th.vle.v", "th.vfmacc.vv", "th.vfredsum.vs"},
+    "f32_fast_rvv": {"th.vle.v", "th.vfmacc.vv", "th.vfredsum.vs"},
     "q80_pass_m2": {"th.vle.v", "th.vwmul.vv", "th.vwredsum.vs", "th.vlse.v", "th.vfadd.vv"},
     "q80_pass_m4": {"th.vle.v", "th.vwmul.vv", "th.vwredsum.vs", "th.vlse.v", "th.vfadd.vv"},
 }
@@ -474,7 +487,7 @@ PACKED_WANTS = {
     **{f"pf32_fused{n}": {"th.vle.v", "th.vfmacc.vf", "th.vse.v"} for n in (1, 2)},
     # the faithful classifier: int8 weights sign-extended (vwadd.vx 0 = th.vwcvt), times
     # the int16 activation into int32 sums
-    "matvec_packed_q8a16": {
+    "pq8_a16_rvv": {
         "th.vle.v",
         "th.vwcvt.x.x.v",
         "th.vwmacc.vx",
@@ -505,32 +518,33 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     kernels = {
         f: lines
         for f, lines in functions.items()
-        if f.startswith(("matvec", "q80_", "pq8_", "pq4_", "pf32_", "attention_f16", "f16_"))
+        if f.startswith(("f32_", "q80_", "pq_", "pq8_", "pq4_", "pf32_", "attention_f16", "f16_"))
     }
     for f, wants in C906_WANTS.items():
         assert f in kernels, f"{f} not in the c906 build: {sorted(kernels)}"
         missing = wants - set(mnemonics(kernels[f]))
         assert not missing, f"{f} lacks {missing}"
-    # matvec_q80 and the packed entry points dispatch to the passes (kept out of line)
-    calls = " ".join(kernels["matvec_q80"])
+    # the Q8_0 and packed entry points dispatch to the passes (kept out of line)
+    calls = " ".join(kernels["q80_fast_rvv"])
     assert "<q80_pass_m2>" in calls and "<q80_pass_m4>" in calls, calls
-    calls = " ".join(kernels["matvec_packed_q"] + kernels["matvec_packed_f32"])
+    calls = " ".join(kernels["pq_fast_rvv"] + kernels["pf32_ref_rvv"] + kernels["pf32_fast_rvv"])
     for f in PACKED_WANTS:
-        if not f.startswith("matvec"):  # the faithful classifier is its own entry point
+        if f != "pq8_a16_rvv":  # the faithful classifier is its own entry point
             assert f"<{f}>" in calls, f"{f} is not called: {calls}"
-    calls = " ".join(kernels["attention_f16"])
+    calls = " ".join(kernels["attention_f16_rvv"])
     for f in ATTENTION_WANTS:
         assert f"<{f}>" in calls, f"{f} is not called: {calls}"
     own = (
-        "matvec_f32_fast",
-        "matvec_q80",
+        "f32_fast_rvv",
+        "q80_fast_rvv",
         "q80_pass_m1",
         "q80_pass_m2",
         "q80_pass_m4",
-        "matvec_packed_q",
-        "matvec_packed_f32",
+        "pq_fast_rvv",
+        "pf32_ref_rvv",
+        "pf32_fast_rvv",
         *PACKED_WANTS,
-        "attention_f16",
+        "attention_f16_rvv",
         *ATTENTION_WANTS,
     )
     bad = {
@@ -541,7 +555,7 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     assert not bad, f"forbidden instructions in the c906 kernels: {bad}"
     bad = {
         f: hits
-        for f in (*PACKED_WANTS, "attention_f16", *ATTENTION_WANTS)
+        for f in (*PACKED_WANTS, "pf32_ref_rvv", "attention_f16_rvv", *ATTENTION_WANTS)
         if (
             hits := [
                 ln.strip()

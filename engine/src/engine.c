@@ -1,13 +1,36 @@
-/* Opening an engine and run.c's generation and chat loops. */
+/* The public API (include/llama2.h): opening an engine, and run.c's generation and chat
+ * loops. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "../include/llama2.h"
+#include "error.h"
+#include "faithful.h"
+#include "kernels.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "transformer.h"
 
-int engine_open(Engine *e, const EngineOptions *o, Error *err) {
-    memset(e, 0, sizeof *e);
-    if (model_open(&e->model, o->checkpoint_path, err)) return -1;
+struct Llama2 {
+    Model model;
+    Tokenizer tokenizer;
+    Sampler sampler;
+    Transformer transformer;
+    float temperature, topp; /* the sampler's, for llama2_reseed */
+    int steps;
+};
+
+Llama2 *llama2_open(const Llama2Options *o, Error *err) {
+    Llama2 *e = calloc(1, sizeof *e);
+    if (!e) {
+        fail(err, "out of memory");
+        return NULL;
+    }
+    e->temperature = o->temperature;
+    e->topp = o->topp;
+    if (model_open(&e->model, o->checkpoint_path, err)) goto fail;
     const ModelConfig *c = &e->model.cfg;
     e->steps = (o->steps <= 0 || o->steps > c->seq_len) ? c->seq_len : o->steps;
     if (tokenizer_open(&e->tokenizer, o->tokenizer_path, c->vocab_size, err)) goto fail;
@@ -21,17 +44,19 @@ int engine_open(Engine *e, const EngineOptions *o, Error *err) {
         fail(err, "out of memory for the sampler");
         goto fail;
     }
-    return 0;
+    return e;
 fail:
-    engine_close(e);
-    return -1;
+    llama2_close(e);
+    return NULL;
 }
 
-void engine_close(Engine *e) {
+void llama2_close(Llama2 *e) {
+    if (!e) return;
     sampler_free(&e->sampler);
     transformer_free(&e->transformer);
     tokenizer_close(&e->tokenizer);
     model_close(&e->model);
+    free(e);
 }
 
 static double now_seconds(void) {
@@ -40,12 +65,12 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-double stats_tokens_per_second(const GenerationStats *s) {
+double llama2_tokens_per_second(const Llama2Stats *s) {
     if (s->positions <= 1) return -1.0;
     return (s->positions - 1) / s->seconds;
 }
 
-static int *encode_prompt(Engine *e, const char *prompt, int *n, Error *err) {
+static int *encode_prompt(const Llama2 *e, const char *prompt, int *n, Error *err) {
     int *tokens = malloc(sizeof(int) * tokenizer_max_tokens(prompt));
     if (!tokens) {
         fail(err, "out of memory for a prompt of %zu bytes", strlen(prompt));
@@ -64,8 +89,8 @@ static int *encode_prompt(Engine *e, const char *prompt, int *n, Error *err) {
     return tokens;
 }
 
-int engine_generate(Engine *e, const char *prompt, PieceSink sink, void *user,
-                    GenerationStats *stats, Error *err) {
+int llama2_generate(Llama2 *e, const char *prompt, Llama2PieceSink sink, void *user,
+                    Llama2Stats *stats, Error *err) {
     memset(stats, 0, sizeof *stats);
     if (!prompt) prompt = "";
     int n_prompt;
@@ -95,7 +120,7 @@ int engine_generate(Engine *e, const char *prompt, PieceSink sink, void *user,
 }
 
 /* A line from `in` without its newline; 0 at end of input. */
-static int read_line(FILE *in, const char *guide, char *buf, size_t size, PieceSink sink,
+static int read_line(FILE *in, const char *guide, char *buf, size_t size, Llama2PieceSink sink,
                      void *user) {
     sink(user, guide);
     if (!fgets(buf, (int)size, in)) return 0;
@@ -106,8 +131,8 @@ static int read_line(FILE *in, const char *guide, char *buf, size_t size, PieceS
 
 #define CHAT_LINE 512
 
-int engine_chat(Engine *e, const char *cli_user, const char *cli_system, FILE *in,
-                PieceSink sink, void *user, Error *err) {
+int llama2_chat(Llama2 *e, const char *cli_user, const char *cli_system, FILE *in,
+                Llama2PieceSink sink, void *user, Error *err) {
     char system_prompt[CHAT_LINE] = "", user_prompt[CHAT_LINE];
     char rendered[3 * CHAT_LINE];
     if ((cli_user && strlen(cli_user) >= CHAT_LINE) ||
@@ -153,4 +178,33 @@ int engine_chat(Engine *e, const char *cli_user, const char *cli_system, FILE *i
     sink(user, "\n");
     free(tokens);
     return rc;
+}
+
+const char *llama2_kernels(void) { return kernels_name(); }
+
+void llama2_print_faithful_stats(const Llama2 *e, FILE *out, int per_step) {
+    if (e->transformer.faithful) faithful_print_stats(e->transformer.faithful, out, per_step);
+}
+
+void llama2_shape(const Llama2 *e, Llama2Shape *shape) {
+    const ModelConfig *c = &e->model.cfg;
+    *shape = (Llama2Shape){c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+                           c->vocab_size, c->seq_len, e->steps};
+}
+
+int *llama2_encode(const Llama2 *e, const char *text, int *n_tokens, Error *err) {
+    return encode_prompt(e, text, n_tokens, err);
+}
+
+float *llama2_forward(Llama2 *e, int token, int pos) {
+    return transformer_forward(&e->transformer, token, pos);
+}
+
+int llama2_sample(Llama2 *e, float *logits) {
+    return transformer_sample(&e->transformer, &e->sampler, logits);
+}
+
+int llama2_reseed(Llama2 *e, unsigned long long seed) {
+    sampler_free(&e->sampler);
+    return sampler_init(&e->sampler, e->model.cfg.vocab_size, e->temperature, e->topp, seed);
 }

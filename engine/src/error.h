@@ -1,5 +1,6 @@
 /* Errors travel up as a message buffer, never as a global: the library holds no mutable
- * global state, and every failure ends as one line on stderr in the CLI. */
+ * global state, and every failure ends as one line on stderr in the CLI. The buffer is
+ * the public API's Llama2Error. */
 #ifndef LLAMA2_ERROR_H
 #define LLAMA2_ERROR_H
 
@@ -7,9 +8,9 @@
 #include <stddef.h>
 #include <stdio.h>
 
-typedef struct {
-    char msg[512];
-} Error;
+#include "../include/llama2.h"
+
+typedef Llama2Error Error;
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))

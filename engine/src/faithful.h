@@ -5,7 +5,8 @@
  * comes with a rigorous interval that contains run.c's fp32 logit. The sampler then
  * decides run.c's token on those intervals; where they cannot decide it, the rows that
  * matter are recomputed exactly (run.c's arithmetic on their fp32 tiles), widening until
- * the token is proved or every logit is exact and run.c's own sampler runs. */
+ * the token is proved or every logit is exact and run.c's own sampler runs. The decision
+ * itself, pure, is faithful_decide.h's; this is the path that feeds it. */
 #ifndef LLAMA2_FAITHFUL_H
 #define LLAMA2_FAITHFUL_H
 
@@ -13,42 +14,9 @@
 #include <stdio.h>
 
 #include "error.h"
+#include "faithful_decide.h"
 #include "model.h"
 #include "sampler.h"
-
-/* lo[i] <= run.c's logit i <= hi[i] (before the temperature); exact[i] != 0 when
- * lo[i] == hi[i] is run.c's value itself. */
-typedef struct {
-    int n;
-    float *lo, *hi;
-    unsigned char *exact;
-} LogitBounds;
-
-typedef enum {
-    FAITHFUL_TOKEN,  /* *token is the token run.c picks */
-    FAITHFUL_REFINE, /* make the rows listed in refine[] exact, then decide again */
-    FAITHFUL_EXACT,  /* only every logit exact decides: run.c's sampler on them */
-} FaithfulVerdict;
-
-typedef struct FaithfulWork FaithfulWork;
-FaithfulWork *faithful_work_new(int n);
-void faithful_work_free(FaithfulWork *w);
-
-/* run.c's decision (sampler.c: temperature, softmax, top-p or multinomial, or argmax at
- * temperature 0) for every logit vector inside the bounds, with the coin run.c would
- * draw (ignored at temperature 0). On FAITHFUL_REFINE, refine (n + 1 entries) gets the
- * rows to make exact (whole tiles of PACK_ROWS rows are meant) and *n_refine their count;
- * `effort` counts the rounds so far and widens the batches chosen to narrow the softmax's
- * denominator, `budget` is how many tiles the caller can still afford for that (beyond
- * it: FAITHFUL_EXACT). */
-FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float topp, float coin,
-                                int effort, int budget, FaithfulWork *w, int *token,
-                                int *refine, int *n_refine);
-
-/* run.c's sampler on exact logits with the coin already drawn (sampler_sample without
- * the draw): scales and softmaxes `logits` in place. */
-int faithful_exact_sample(float *logits, int n, float temperature, float topp, float coin,
-                          ProbIndex *probindex);
 
 /* Counters over the sampled positions of a run (bench figures). */
 typedef struct {

@@ -1,16 +1,30 @@
+/* The generic kernels: every entry's reference, compiled without FMA contraction (run.c's
+ * and runq.c's arithmetic, the same bits on every build), and the quantizers. */
 #include <math.h>
 
 #include "kernels.h"
 #include "ops.h"
 
-void matvec_f32_ref(float *out, const float *w, const float *x, size_t n, size_t d) {
-    for (size_t i = 0; i < d; i++) {
-        const float *row = w + i * n;
+/* ---- fp32 (llama2.c v0/v1) ------------------------------------------------------------ */
+
+/* out (rows) = W (rows x cols) . x, summed left to right in fp32 exactly as run.c. */
+static void f32_ref(float *out, const Tensor *w, const Activation *x) {
+    const size_t n = w->cols;
+    const float *xf = x->f;
+    for (size_t i = 0; i < w->rows; i++) {
+        const float *row = w->f + i * n;
         float val = 0.0f;
-        for (size_t j = 0; j < n; j++) val += row[j] * x[j];
+        for (size_t j = 0; j < n; j++) val += row[j] * xf[j];
         out[i] = val;
     }
 }
+
+static void f32_row(float *out, const Tensor *w, size_t row) {
+    const float *r = w->f + row * w->cols;
+    for (size_t j = 0; j < w->cols; j++) out[j] = r[j];
+}
+
+/* ---- Q8_0 (llama2.c v2) --------------------------------------------------------------- */
 
 /* max |x[i]| over len values: a quantization group's range */
 static float abs_max(const float *x, size_t len) {
@@ -32,7 +46,10 @@ void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
     }
 }
 
-void matvec_q80_ref(float *out, const Tensor *w, const Activation *x) {
+/* Q8_0 weights of any shape: an integer sum over each run of values that share a weight
+ * scale and an activation scale, scaled and added in order (runq.c's arithmetic where
+ * rows are whole groups; correct where rows straddle groups). */
+static void q80_ref(float *out, const Tensor *w, const Activation *x) {
     size_t n = w->cols, gs = w->group_size, xgs = x->group_size;
     for (size_t i = 0; i < w->rows; i++) {
         size_t base = i * n;
@@ -51,8 +68,14 @@ void matvec_q80_ref(float *out, const Tensor *w, const Activation *x) {
     }
 }
 
-void matvec_q80_aligned(float *out, const Tensor *w, const Activation *x) {
+/* The same when every row is whole groups (cols % group_size == 0, equal group sizes):
+ * runq.c's loop, vectorisable integer sums; anything else takes q80_ref. */
+static void q80_fast(float *out, const Tensor *w, const Activation *x) {
     size_t n = w->cols, gs = w->group_size, groups = n / gs;
+    if (n % gs != 0 || x->group_size != gs) {
+        q80_ref(out, w, x);
+        return;
+    }
     for (size_t i = 0; i < w->rows; i++) {
         const int8_t *row = w->q + i * n;
         float val = 0.0f;
@@ -66,71 +89,74 @@ void matvec_q80_aligned(float *out, const Tensor *w, const Activation *x) {
     }
 }
 
-void dequantize_row(float *out, const Tensor *w, size_t row) {
+static void q80_row(float *out, const Tensor *w, size_t row) {
     size_t base = row * w->cols;
     for (size_t j = 0; j < w->cols; j++)
         out[j] = (float)w->q[base + j] * scale_at(w->s, (base + j) / w->group_size);
 }
 
-/* ---- packed row tiles ---------------------------------------------------------------- */
+/* ---- packed fp32 ---------------------------------------------------------------------- */
 
-/* This file is compiled without FMA contraction: run.c's arithmetic. */
-void matvec_packed_f32_ref(float *out, const Tensor *w, const float *x) {
-    packed_f32_columns(out, w, x);
+/* Each row summed column by column, unfused: run.c's order, bit for bit. */
+static void pf32_ref(float *out, const Tensor *w, const Activation *x) {
+    packed_f32_columns(out, w, x->f);
 }
+
+static void pf32_row(float *out, const Tensor *w, size_t row) {
+    const float *b = (const float *)(const void *)w->p + row / PACK_ROWS * w->cols * PACK_ROWS;
+    for (size_t j = 0; j < w->cols; j++) out[j] = b[j * PACK_ROWS + row % PACK_ROWS];
+}
+
+/* ---- packed q8/q4 --------------------------------------------------------------------- */
 
 /* 4-bit two's complement nibbles of a byte, as ints. */
 static inline int nibble_lo(unsigned v) { return (int)(v & 15u) - (int)((v & 8u) << 1); }
 static inline int nibble_hi(unsigned v) { return (int)(v >> 4) - (int)((v & 0x80u) >> 3); }
 
-void matvec_packed_q_ref(float *out, const Tensor *w, const Activation *x) {
-    const size_t R = PACK_ROWS, G = PACK_GROUP, block = packed_block_bytes(w->type);
-    const int q4 = w->type == TENSOR_PQ4;
-    for (size_t t = 0; t < w->tiles; t++) {
-        float acc[PACK_ROWS] = {0};
-        for (size_t g = 0; g < w->groups; g++) {
-            const unsigned char *b = w->p + (t * w->groups + g) * block;
-            const int8_t *xq = x->q + g * G;
-            int32_t isum[PACK_ROWS] = {0};
-            /* two columns' products at a time fit int16 (|sum| <= 2 * 127 * 127), which
-             * lets compilers work in 16-bit lanes, as the RVV kernel does */
-            for (size_t j = 0; j < G; j += 2)
-                for (size_t r = 0; r < R; r++) {
-                    int a, c;
-                    if (q4) {
-                        unsigned v = b[j / 2 * R + r];
-                        a = nibble_lo(v), c = nibble_hi(v);
-                    } else {
-                        a = (int8_t)b[j * R + r], c = (int8_t)b[(j + 1) * R + r];
-                    }
-                    isum[r] += (int16_t)(a * xq[j] + c * xq[j + 1]);
-                }
-            const unsigned char *s = b + block - 2 * R;
-            for (size_t r = 0; r < R; r++) acc[r] += ((float)isum[r] * bf16_at(s, r)) * x->s[g];
-        }
-        for (size_t r = 0; r < tile_rows(w, t); r++) out[t * PACK_ROWS + r] = acc[r];
-    }
+/* Column c of row r in a q8 or q4 block. */
+static inline int q8_at(const BlockQ8 *b, size_t c, size_t r) { return b->q[c][r]; }
+static inline int q4_at(const BlockQ4 *b, size_t c, size_t r) {
+    return c % 2 ? nibble_hi(b->q[c / 2][r]) : nibble_lo(b->q[c / 2][r]);
 }
 
-void dequantize_packed_row(float *out, const Tensor *w, size_t row) {
-    const size_t R = PACK_ROWS, G = PACK_GROUP, t = row / R, r = row % R;
-    if (w->type == TENSOR_PF32) {
-        const float *b = (const float *)(const void *)w->p + t * w->cols * R;
-        for (size_t j = 0; j < w->cols; j++) out[j] = b[j * R + r];
-        return;
+/* Per row and group an exact integer sum, then val += ((float)isum * s_w) * s_x. Two
+ * columns' products at a time fit int16 (|sum| <= 2 * 127 * 127), which lets compilers
+ * work in 16-bit lanes, as the RVV kernel does. */
+#define PACKED_Q_REF(name, Block, at)                                                      \
+    static void name(float *out, const Tensor *w, const Activation *x) {                   \
+        const Block *blocks = (const Block *)(const void *)w->p;                           \
+        for (size_t t = 0; t < w->tiles; t++) {                                            \
+            float acc[PACK_ROWS] = {0};                                                    \
+            for (size_t g = 0; g < w->groups; g++) {                                       \
+                const Block *b = &blocks[t * w->groups + g];                               \
+                const int8_t *xq = x->q + g * PACK_GROUP;                                  \
+                int32_t isum[PACK_ROWS] = {0};                                             \
+                for (size_t j = 0; j < PACK_GROUP; j += 2)                                 \
+                    for (size_t r = 0; r < PACK_ROWS; r++)                                 \
+                        isum[r] += (int16_t)(at(b, j, r) * xq[j] + at(b, j + 1, r) * xq[j + 1]); \
+                for (size_t r = 0; r < PACK_ROWS; r++)                                     \
+                    acc[r] += ((float)isum[r] * bf16_to_float(b->scale[r])) * x->s[g];     \
+            }                                                                              \
+            for (size_t r = 0; r < tile_rows(w, t); r++) out[t * PACK_ROWS + r] = acc[r];  \
+        }                                                                                  \
     }
-    const size_t block = packed_block_bytes(w->type);
-    for (size_t j = 0; j < w->cols; j++) {
-        const unsigned char *b = w->p + (t * w->groups + j / G) * block;
-        size_t c = j % G;
-        int q = w->type == TENSOR_PQ4
-                    ? (c % 2 ? nibble_hi(b[c / 2 * R + r]) : nibble_lo(b[c / 2 * R + r]))
-                    : (int8_t)b[c * R + r];
-        out[j] = (float)q * bf16_at(b + block - 2 * R, r);
-    }
-}
+PACKED_Q_REF(pq8_ref, BlockQ8, q8_at)
+PACKED_Q_REF(pq4_ref, BlockQ4, q4_at)
+#undef PACKED_Q_REF
 
-/* ---- the faithful path's int8 x int16 classifier ------------------------------------ */
+#define PACKED_Q_ROW(name, Block, at)                                                      \
+    static void name(float *out, const Tensor *w, size_t row) {                            \
+        const Block *b = (const Block *)(const void *)w->p + row / PACK_ROWS * w->groups;  \
+        const size_t r = row % PACK_ROWS;                                                  \
+        for (size_t j = 0; j < w->cols; j++)                                               \
+            out[j] = (float)at(&b[j / PACK_GROUP], j % PACK_GROUP, r) *                    \
+                     bf16_to_float(b[j / PACK_GROUP].scale[r]);                            \
+    }
+PACKED_Q_ROW(pq8_row, BlockQ8, q8_at)
+PACKED_Q_ROW(pq4_row, BlockQ4, q4_at)
+#undef PACKED_Q_ROW
+
+/* ---- the faithful path's int8 x int16 classifier -------------------------------------- */
 
 void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs) {
     for (size_t g = 0, start = 0; start < n; g++, start += gs) {
@@ -143,28 +169,28 @@ void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs) {
     }
 }
 
-void matvec_packed_q8a16_ref(float *out, const Tensor *w, const int16_t *xq, const float *xs) {
-    const size_t R = PACK_ROWS, G = PACK_GROUP, block = packed_block_bytes(TENSOR_PQ8);
+static void pq8_a16_ref(float *out, const Tensor *w, const int16_t *xq, const float *xs) {
+    const BlockQ8 *blocks = (const BlockQ8 *)(const void *)w->p;
     for (size_t t = 0; t < w->tiles; t++) {
         float acc[PACK_ROWS] = {0};
         for (size_t g = 0; g < w->groups; g++) {
-            const unsigned char *b = w->p + (t * w->groups + g) * block;
-            const int16_t *xg = xq + g * G;
+            const BlockQ8 *b = &blocks[t * w->groups + g];
+            const int16_t *xg = xq + g * PACK_GROUP;
             int32_t isum[PACK_ROWS] = {0}; /* |sum| <= 32 * 127 * 32767 < 2^31 */
-            for (size_t j = 0; j < G; j++)
-                for (size_t r = 0; r < R; r++) isum[r] += (int32_t)(int8_t)b[j * R + r] * xg[j];
-            const unsigned char *s = b + block - 2 * R;
-            for (size_t r = 0; r < R; r++) acc[r] += ((float)isum[r] * bf16_at(s, r)) * xs[g];
+            for (size_t j = 0; j < PACK_GROUP; j++)
+                for (size_t r = 0; r < PACK_ROWS; r++) isum[r] += (int32_t)b->q[j][r] * xg[j];
+            for (size_t r = 0; r < PACK_ROWS; r++)
+                acc[r] += ((float)isum[r] * bf16_to_float(b->scale[r])) * xs[g];
         }
         for (size_t r = 0; r < tile_rows(w, t); r++) out[t * PACK_ROWS + r] = acc[r];
     }
 }
 
-/* ---- attention over the binary16 KV cache -------------------------------------------- */
+/* ---- attention over the binary16 KV cache --------------------------------------------- */
 
-void attention_f16_ref(float *out, float *att, const float *q, const uint16_t *key,
-                       size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
-                       int head_size) {
+static void attention_f16_ref(float *out, float *att, const float *q, const uint16_t *key,
+                              size_t key_stride, const uint16_t *value, size_t value_stride,
+                              int pos, int head_size) {
     for (int t = 0; t <= pos; t++) {
         float score = 0.0f;
         for (int i = 0; i < head_size; i++)
@@ -180,3 +206,17 @@ void attention_f16_ref(float *out, float *att, const float *q, const uint16_t *k
         for (int i = 0; i < head_size; i++) out[i] += a * half_to_float(v[i]);
     }
 }
+
+/* Q8_0's fast kernel is here, not in kernels_fast.c: its per-group scaling must not fuse. */
+const KernelSet kernels_ref = {
+    .name = "ref",
+    .types =
+        {
+            [TENSOR_F32] = {.matvec_ref = f32_ref, .row = f32_row},
+            [TENSOR_Q80] = {.matvec_ref = q80_ref, .matvec_fast = q80_fast, .row = q80_row},
+            [TENSOR_PF32] = {.matvec_ref = pf32_ref, .row = pf32_row},
+            [TENSOR_PQ8] = {.matvec_ref = pq8_ref, .matvec_a16 = pq8_a16_ref, .row = pq8_row},
+            [TENSOR_PQ4] = {.matvec_ref = pq4_ref, .row = pq4_row},
+        },
+    .attention_f16 = attention_f16_ref,
+};

@@ -20,16 +20,12 @@
  * them at VLEN 128 to 1024, and with tails filled with ones). */
 #include <math.h>
 #include <riscv_vector.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels.h"
 #include "ops.h"
 
-#if defined(__riscv_xtheadvector)
-const char kernels_name[] = "rvv (xtheadvector)";
-#else
-const char kernels_name[] = "rvv";
-#endif
 
 #define ROWS 4 /* rows per pass: four independent chains hide the C906's latencies */
 
@@ -61,7 +57,9 @@ static inline size_t row_at(size_t i, size_t d) { return i < d ? i : d - 1; }
  * over exactly that many elements, reduced on top of the row's sum: a partial-vl vfmacc
  * into the accumulators would lose their tails on the C906. One vfredusum per row
  * (vfredosum would be far slower), and element 0 of each stored with vl = 1. */
-void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_t d) {
+static void f32_fast_rvv(float *out, const Tensor *wt, const Activation *xa) {
+    const float *w = wt->f, *x = xa->f;
+    const size_t n = wt->cols, d = wt->rows;
     const size_t vl = __riscv_vsetvlmax_e32m2(), vl1 = __riscv_vsetvlmax_e32m1();
     const size_t full = n - n % vl, rest = n - full;
     const vfloat32m1_t zero = __riscv_vfmv_v_f_f32m1(0.0f, vl1);
@@ -103,7 +101,7 @@ void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_
 /* ---- Q8_0 ------------------------------------------------------------------------------
  * Rows that are whole groups (n % gs == 0, one group size, 4-byte aligned scales) and
  * groups a multiple of the e8m1 vector (16 bytes at VLEN 128); anything else takes
- * matvec_q80_ref. Bit-identical to matvec_q80_ref (so to runq.c and the host's stories).
+ * the reference (kernels_ref.c). Bit-identical to it (so to runq.c and the host's stories).
  *
  * A pass takes four rows; the lanes of its fp32 accumulator are those rows. Per group:
  *   int8 x int8 -> int16 products (vwmul; any int8 product fits), one chunk of the group
@@ -112,7 +110,7 @@ void matvec_f32_fast(float *out, const float *w, const float *x, size_t n, size_
  *     (chained through its scalar operand when a group has several): exact integers;
  *   the four rows' sums gathered into one vector (GATHER4), converted to fp32, times the
  *     four rows' weight scales (one strided load), times the activation's scale, added
- *     to the accumulator: separate vfmul, vfmul, vfadd, so each lane does matvec_q80_ref's
+ *     to the accumulator: separate vfmul, vfmul, vfadd, so each lane does q80_ref's
  *     arithmetic for its row in its order, val += ((float)sum * s_w) * s_x.
  * So there is one integer reduction per row and chunk, on whole register groups, and no
  * fp32 reduction: the accumulator is stored as the four outputs. Splitting register
@@ -190,11 +188,12 @@ Q80_PASS(1)
 Q80_PASS(2)
 Q80_PASS(4)
 
-void matvec_q80(float *out, const Tensor *w, const Activation *x) {
+static void q80_fast_rvv(float *out, const Tensor *w, const Activation *x) {
     const size_t n = w->cols, gs = w->group_size, v = __riscv_vsetvlmax_e8m1();
     if (gs == 0 || n % gs != 0 || x->group_size != gs || gs % v != 0 ||
         (uintptr_t)w->s % sizeof(float) != 0) {
-        matvec_q80_ref(out, w, x); /* rows straddle groups, small groups, unaligned scales */
+        /* rows straddle groups, small groups, unaligned scales */
+        kernels_ref.types[TENSOR_Q80].matvec_ref(out, w, x);
         return;
     }
     for (size_t i = 0; i < w->rows; i += ROWS) {
@@ -221,8 +220,8 @@ void matvec_q80(float *out, const Tensor *w, const Activation *x) {
  * vector operations interleave for the in-order pipeline. Every function below is
  * spill-free at VLEN 128 (tests/test_rvv.py checks the c906 disassembly for vlenb). */
 
-#define PQ8_BLOCK (PACK_ROWS * PACK_GROUP + 2 * PACK_ROWS)     /* 544 bytes */
-#define PQ4_BLOCK (PACK_ROWS * PACK_GROUP / 2 + 2 * PACK_ROWS) /* 288 bytes */
+#define PQ8_BLOCK sizeof(BlockQ8) /* tensor.h */
+#define PQ4_BLOCK sizeof(BlockQ4)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* The 16 bf16 scales at s as fp32 lanes: zero-extended to 32 bits by a widening add of 0
@@ -234,7 +233,7 @@ static ALWAYS_INLINE vfloat32m4_t bf16_lanes(const unsigned char *s, size_t vl) 
 }
 
 /* One tile-group's integer sums (exact int32) to fp32, scaled and added to the tile's
- * accumulator as matvec_packed_q_ref does, lane by lane: acc + (((float)isum * s_w) * s_x),
+ * accumulator as pq8_ref (kernels_ref.c) does, lane by lane: acc + (((float)isum * s_w) * s_x),
  * each step rounded on its own (separate vfmul, vfmul, vfadd: never fused). */
 static ALWAYS_INLINE vfloat32m4_t scale_add(vfloat32m4_t acc, vfloat32m4_t sums,
                                             const unsigned char *block_scales, float xs,
@@ -289,9 +288,9 @@ static ALWAYS_INLINE NO_PRESCHED void pq8_tiles(float *out, const unsigned char 
         }
 #undef PQ8_COL
         const float xs = x->s[g];
-        a0 = scale_add(a0, __riscv_vfcvt_f_x_v_f32m4(i0, vl), b + PACK_ROWS * PACK_GROUP, xs, vl);
+        a0 = scale_add(a0, __riscv_vfcvt_f_x_v_f32m4(i0, vl), b + offsetof(BlockQ8, scale), xs, vl);
         if (two)
-            a1 = scale_add(a1, __riscv_vfcvt_f_x_v_f32m4(i1, vl), b1 + PACK_ROWS * PACK_GROUP,
+            a1 = scale_add(a1, __riscv_vfcvt_f_x_v_f32m4(i1, vl), b1 + offsetof(BlockQ8, scale),
                            xs, vl);
     }
     if (two) {
@@ -338,11 +337,11 @@ static ALWAYS_INLINE NO_PRESCHED void pq4_tiles(float *out, const unsigned char 
 #undef PQ4_LO
 #undef PQ4_HI
         const float xs = x->s[g];
-        a0 = scale_add(a0, __riscv_vfwcvt_f_x_v_f32m4(s0, vl), b + PACK_ROWS * PACK_GROUP / 2,
+        a0 = scale_add(a0, __riscv_vfwcvt_f_x_v_f32m4(s0, vl), b + offsetof(BlockQ4, scale),
                        xs, vl);
         if (two)
             a1 = scale_add(a1, __riscv_vfwcvt_f_x_v_f32m4(s1, vl),
-                           b1 + PACK_ROWS * PACK_GROUP / 2, xs, vl);
+                           b1 + offsetof(BlockQ4, scale), xs, vl);
     }
     if (two) {
         __riscv_vse32_v_f32m4(out, a0, vl);
@@ -369,10 +368,10 @@ static NO_PRESCHED void pq4_pass2(float *out, const unsigned char *b, size_t gro
     pq4_tiles(out, b, groups, x, rows, 1);
 }
 
-/* Bit-identical to matvec_packed_q_ref: exact integer sums, the same fp32 steps per lane.
+/* Bit-identical to the reference: exact integer sums, the same fp32 steps per lane.
  * Reads whole groups of x->q (the engine pads the activation to them; the weights' padding
  * columns are zero). */
-void matvec_packed_q(float *out, const Tensor *w, const Activation *x) {
+static void pq_fast_rvv(float *out, const Tensor *w, const Activation *x) {
     const int q4 = w->type == TENSOR_PQ4;
     const size_t block = q4 ? PQ4_BLOCK : PQ8_BLOCK, tile = w->groups * block;
     size_t t = 0;
@@ -397,7 +396,7 @@ void matvec_packed_q(float *out, const Tensor *w, const Activation *x) {
  * Per tile and group, column by column: the 16 int8 weights sign-extended to int16 (a
  * widening add of 0: XTheadVector has no vsext), then vwmacc.vx by the column's int16
  * activation into the group's int32 sums (|32 x 127 x 32767| < 2^31: exact). Group end as
- * matvec_packed_q_ref: bit-identical to matvec_packed_q8a16_ref. */
+ * pq8_ref: bit-identical to pq8_a16_ref (kernels_ref.c). */
 static ALWAYS_INLINE NO_PRESCHED void pq8a16_tile(float *out, const unsigned char *b,
                                                   size_t groups, const int16_t *xq,
                                                   const float *xs, size_t rows) {
@@ -417,14 +416,14 @@ static ALWAYS_INLINE NO_PRESCHED void pq8a16_tile(float *out, const unsigned cha
             isum = __riscv_vwmacc_vx_i32m4(isum, xg[j + 2], w2, vl);
             isum = __riscv_vwmacc_vx_i32m4(isum, xg[j + 3], w3, vl);
         }
-        acc = scale_add(acc, __riscv_vfcvt_f_x_v_f32m4(isum, vl), b + PACK_ROWS * PACK_GROUP,
+        acc = scale_add(acc, __riscv_vfcvt_f_x_v_f32m4(isum, vl), b + offsetof(BlockQ8, scale),
                         xs[g], vl);
     }
     __riscv_vse32_v_f32m4(out, acc, rows);
 }
 
-NO_PRESCHED void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t *xq,
-                                    const float *xs) {
+static NO_PRESCHED void pq8_a16_rvv(float *out, const Tensor *w, const int16_t *xq,
+                                      const float *xs) {
     const size_t tile = w->groups * PQ8_BLOCK;
     for (size_t t = 0; t < w->tiles; t++) {
         const size_t left = w->rows - t * PACK_ROWS;
@@ -435,7 +434,7 @@ NO_PRESCHED void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t 
 
 /* ---- fp32 ------------------------------------------------------------------------------
  * Per column, one vector load per tile and one scalar of x for both: fused, vfmacc.vf;
- * unfused, vfmul.vf then vfadd.vv, matvec_packed_f32_ref's acc += w * x, bit for bit.
+ * unfused, vfmul.vf then vfadd.vv, pf32_ref's acc += w * x, bit for bit.
  * Eight columns per iteration (immediate offsets for x and the column addresses). */
 static ALWAYS_INLINE NO_PRESCHED void pf32_tiles(float *out, const float *b, size_t n,
                                                  const float *x, size_t rows, const int two,
@@ -482,7 +481,8 @@ PF32_PASS(pf32_fused1, 0, 1)
 PF32_PASS(pf32_fused2, 1, 1)
 #undef PF32_PASS
 
-void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused) {
+static ALWAYS_INLINE void pf32_matvec(float *out, const Tensor *w, const float *x,
+                                      const int fused) {
     const size_t n = w->cols, tile = n * PACK_ROWS;
     const float *p = (const float *)(const void *)w->p;
     size_t t = 0;
@@ -501,6 +501,14 @@ void matvec_packed_f32(float *out, const Tensor *w, const float *x, int fused) {
         else
             pf32_pass1(out + t * PACK_ROWS, p + t * tile, n, x, rows);
     }
+}
+
+/* unfused: the reference's bits */
+static void pf32_ref_rvv(float *out, const Tensor *w, const Activation *x) {
+    pf32_matvec(out, w, x->f, 0);
+}
+static void pf32_fast_rvv(float *out, const Tensor *w, const Activation *x) {
+    pf32_matvec(out, w, x->f, 1);
 }
 
 /* ---- attention over the binary16 KV cache ----------------------------------------------
@@ -566,17 +574,34 @@ static NO_PRESCHED void f16_values(float *out, const float *att, const uint16_t 
     }
 }
 
-void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
-                   size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
-                   int head_size) {
+static void attention_f16_rvv(float *out, float *att, const float *q, const uint16_t *key,
+                              size_t key_stride, const uint16_t *value, size_t value_stride,
+                              int pos, int head_size) {
     const size_t n = (size_t)pos + 1, hs = (size_t)head_size;
     for (size_t i = 0; i < hs; i++)
         if (!(fabsf(q[i]) < 0x1p16f)) { /* q[i] x 2^112 would not be exact */
-            attention_f16_ref(out, att, q, key, key_stride, value, value_stride, pos,
-                              head_size);
+            kernels_ref.attention_f16(out, att, q, key, key_stride, value, value_stride, pos,
+                                      head_size);
             return;
         }
     f16_scores(att, q, key, key_stride, n, hs);
     softmax(att, pos + 1);
     f16_values(out, att, value, value_stride, n, hs);
 }
+
+const KernelSet kernels_isa = {
+#if defined(__riscv_xtheadvector)
+    .name = "rvv (xtheadvector)",
+#else
+    .name = "rvv",
+#endif
+    .types =
+        {
+            [TENSOR_F32] = {.matvec_fast = f32_fast_rvv},
+            [TENSOR_Q80] = {.matvec_fast = q80_fast_rvv},
+            [TENSOR_PF32] = {.matvec_ref = pf32_ref_rvv, .matvec_fast = pf32_fast_rvv},
+            [TENSOR_PQ8] = {.matvec_fast = pq_fast_rvv, .matvec_a16 = pq8_a16_rvv},
+            [TENSOR_PQ4] = {.matvec_fast = pq_fast_rvv},
+        },
+    .attention_f16 = attention_f16_rvv,
+};

@@ -30,7 +30,7 @@ static void usage(void) {
             "LLAMA2_FAITHFUL_STATS=1 prints the faithful sampler's counters to stderr (2: and\n"
             "the rows recomputed at each step);\n"
             "LLAMA2_FAITHFUL_VERIFY=1 also checks every step against all logits exact.\n",
-            kernels_name);
+            llama2_kernels());
     exit(EXIT_FAILURE);
 }
 
@@ -65,7 +65,7 @@ static long long parse_int(const char *flag, const char *s) {
 
 static int print_piece(void *user, const char *piece) {
     (void)user;
-    if (piece_is_printable(piece)) {
+    if (llama2_piece_is_printable(piece)) {
         fputs(piece, stdout);
         fflush(stdout);
     }
@@ -73,8 +73,8 @@ static int print_piece(void *user, const char *piece) {
 }
 
 int main(int argc, char **argv) {
-    EngineOptions o = {.tokenizer_path = "tokenizer.bin", .temperature = 1.0f, .topp = 0.9f,
-                       .steps = 256, .path = PATH_AUTO};
+    Llama2Options o = {.tokenizer_path = "tokenizer.bin", .temperature = 1.0f, .topp = 0.9f,
+                       .steps = 256, .path = LLAMA2_PATH_AUTO};
     const char *prompt = NULL, *mode = "generate", *system_prompt = NULL;
     long long seed = 0;
     if (argc < 2) usage();
@@ -92,11 +92,11 @@ int main(int argc, char **argv) {
         case 'm': mode = v; break;
         case 'y': system_prompt = v; break;
         case 'k':
-            if (strcmp(v, "ref") == 0) o.path = PATH_REF;
-            else if (strcmp(v, "fast") == 0) o.path = PATH_FAST;
-            else if (strcmp(v, "quant") == 0 || strcmp(v, "q80") == 0) o.path = PATH_QUANT;
-            else if (strcmp(v, "faithful") == 0) o.path = PATH_FAITHFUL;
-            else if (strcmp(v, "auto") == 0) o.path = PATH_AUTO;
+            if (strcmp(v, "ref") == 0) o.path = LLAMA2_PATH_REF;
+            else if (strcmp(v, "fast") == 0) o.path = LLAMA2_PATH_FAST;
+            else if (strcmp(v, "quant") == 0 || strcmp(v, "q80") == 0) o.path = LLAMA2_PATH_QUANT;
+            else if (strcmp(v, "faithful") == 0) o.path = LLAMA2_PATH_FAITHFUL;
+            else if (strcmp(v, "auto") == 0) o.path = LLAMA2_PATH_AUTO;
             else die("option -k expects ref, fast, quant (or q80), faithful or auto");
             break;
         default: usage();
@@ -113,25 +113,24 @@ int main(int argc, char **argv) {
         usage();
     }
 
-    Engine engine;
-    Error err = {{0}};
-    if (engine_open(&engine, &o, &err)) die(err.msg);
+    Llama2Error err = {{0}};
+    Llama2 *engine = llama2_open(&o, &err);
+    if (!engine) die(err.msg);
     int rc;
     if (strcmp(mode, "generate") == 0) {
-        GenerationStats stats;
-        rc = engine_generate(&engine, prompt, print_piece, NULL, &stats, &err);
+        Llama2Stats stats;
+        rc = llama2_generate(engine, prompt, print_piece, NULL, &stats, &err);
         if (rc == 0) {
             printf("\n");
-            double tps = stats_tokens_per_second(&stats);
+            double tps = llama2_tokens_per_second(&stats);
             if (tps >= 0) fprintf(stderr, "achieved tok/s: %f\n", tps);
         }
     } else {
-        rc = engine_chat(&engine, prompt, system_prompt, stdin, print_piece, NULL, &err);
+        rc = llama2_chat(engine, prompt, system_prompt, stdin, print_piece, NULL, &err);
     }
     const char *stats = getenv("LLAMA2_FAITHFUL_STATS");
-    if (stats && *stats && engine.transformer.faithful)
-        faithful_print_stats(engine.transformer.faithful, stderr, strcmp(stats, "2") == 0);
-    engine_close(&engine);
+    if (stats && *stats) llama2_print_faithful_stats(engine, stderr, strcmp(stats, "2") == 0);
+    llama2_close(engine);
     if (rc) die(err.msg);
     if (fflush(stdout) != 0 || ferror(stdout)) die("writing the story to stdout failed");
     return 0;

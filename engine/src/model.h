@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "tensor.h"
 
 typedef enum {
     FORMAT_V0,  /* llama2.c legacy fp32 */
@@ -17,10 +18,6 @@ typedef enum {
     FORMAT_PACKED_Q4,
     FORMAT_PACKED_FAITHFUL, /* packed fp32 + an int8 copy of the classifier (-k faithful) */
 } FileFormat;
-
-/* Packed matrices: PACK_ROWS rows per tile; q8/q4 groups of PACK_GROUP columns. */
-#define PACK_ROWS 16
-#define PACK_GROUP 32
 
 typedef struct {
     int dim;        /* transformer width */
@@ -34,28 +31,6 @@ typedef struct {
     int group_size;        /* Q8_0 and packed q8/q4 */
     FileFormat format;
 } ModelConfig;
-
-typedef enum { TENSOR_F32, TENSOR_Q80, TENSOR_PF32, TENSOR_PQ8, TENSOR_PQ4 } TensorType;
-
-/* A row-major (rows x cols) matrix. Q8_0: int8 values, one fp32 scale per group of
- * group_size consecutive values of the flattened matrix (groups may straddle rows).
- * Scales are read through memcpy: a forged group size may leave them unaligned. */
-typedef struct {
-    TensorType type;
-    size_t rows, cols;
-    const float *f;          /* TENSOR_F32 */
-    const int8_t *q;         /* TENSOR_Q80 */
-    const unsigned char *s;  /* TENSOR_Q80: fp32 scales, maybe unaligned */
-    size_t group_size;
-    /* TENSOR_P*: packed row tiles (FORMAT.md), 16-byte aligned */
-    const unsigned char *p;
-    size_t tiles, groups; /* groups: q8/q4 only */
-} Tensor;
-
-/* Bytes of one packed tile-group block: R x G values, then R bf16 scales. */
-static inline size_t packed_block_bytes(TensorType t) {
-    return (t == TENSOR_PQ4 ? PACK_ROWS * PACK_GROUP / 2 : PACK_ROWS * PACK_GROUP) + 2 * PACK_ROWS;
-}
 
 typedef struct {
     Tensor wq, wk, wv, wo, w1, w2, w3;
@@ -81,15 +56,28 @@ typedef struct {
 
 /* Maps and validates `path`; on failure fills err with "PATH: problem" and returns -1. */
 int model_open(Model *m, const char *path, Error *err);
-/* Packed files (model_packed.c): validates the header and section table against the file
- * size and maps the tensors; called by model_open for files starting with the magic. */
-int packed_is_magic(const unsigned char *p, size_t size);
-int packed_open(Model *m, const char *path, Error *err);
-int model_validate_config(const char *path, const ModelConfig *c, Error *err);
-size_t packed_streamed_bytes(const Model *m);
 /* Weight bytes one token reads (every layer matrix, the classifier, the norms). */
 size_t model_streamed_bytes(const Model *m);
 void model_close(Model *m);
+
+/* A family of file formats (model.c maps the file and hands it to the first loader that
+ * recognizes it): model_llama2c.c (llama2.c's v0/v1/v2) and model_packed.c (FORMAT.md).
+ * Loaders depend on model_config.c only, never on model.c. */
+typedef struct {
+    int (*recognizes)(const unsigned char *p, size_t size);
+    /* Validates the header (and section table) against m->map_size, fills m->cfg and maps
+     * the tensors; m->layers is freed by model_close. */
+    int (*open)(Model *m, const char *path, Error *err);
+    size_t (*streamed_bytes)(const Model *m);
+} ModelLoader;
+
+extern const ModelLoader llama2c_loader, packed_loader;
+
+/* model_config.c: the checks every format's header passes, and the formats' names. */
+#define MODEL_MAX_WIDTH (1 << 20) /* dim, hidden_dim, group_size */
+/* lo <= v <= hi, else "PATH: header field NAME = V is out of range ..." */
+int model_check_field(const char *path, const char *name, int v, int lo, int hi, Error *err);
+int model_validate_config(const char *path, const ModelConfig *c, Error *err);
 const char *format_name(FileFormat f);
 
 #endif

@@ -28,7 +28,7 @@ static const char *kind_name(uint32_t kind) {
     return kind <= KIND_CLASSIFIER_Q8 ? names[kind] : "?";
 }
 
-int packed_is_magic(const unsigned char *p, size_t size) {
+static int is_magic(const unsigned char *p, size_t size) {
     return size >= 8 && memcmp(p, MAGIC, 8) == 0; /* the 8 bytes include the NUL */
 }
 
@@ -202,7 +202,7 @@ static const unsigned char *section(const Model *m, size_t i) {
                                                    i * ENTRY_BYTES + 8);
 }
 
-int packed_open(Model *m, const char *path, Error *err) {
+static int open_packed(Model *m, const char *path, Error *err) {
     ModelConfig *c = &m->cfg;
     if (parse(path, m->map, m->map_size, c, err)) return -1;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -261,7 +261,7 @@ int packed_open(Model *m, const char *path, Error *err) {
 
 /* A faithful file's token reads the int8 classifier, not the fp32 one: the fp32 tiles
  * the certified sampler recomputes come on top (counted by faithful.c). */
-size_t packed_streamed_bytes(const Model *m) {
+static size_t streamed_bytes(const Model *m) {
     const ModelConfig *c = &m->cfg;
     size_t total = 0, n = section_count(c);
     int faithful = c->format == FORMAT_PACKED_FAITHFUL;
@@ -272,3 +272,5 @@ size_t packed_streamed_bytes(const Model *m) {
     }
     return total;
 }
+
+const ModelLoader packed_loader = {is_magic, open_packed, streamed_bytes};

@@ -241,7 +241,7 @@ const char *tokenizer_decode(const Tokenizer *t, int prev, int token) {
     return piece;
 }
 
-int piece_is_printable(const char *piece) {
+int llama2_piece_is_printable(const char *piece) {
     if (piece[0] == '\0') return 0;
     if (piece[1] == '\0') {
         unsigned char b = (unsigned char)piece[0];

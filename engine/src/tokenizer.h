@@ -7,8 +7,8 @@
 
 #include "error.h"
 
-#define TOKEN_BOS 1
-#define TOKEN_EOS 2
+#define TOKEN_BOS LLAMA2_TOKEN_BOS
+#define TOKEN_EOS LLAMA2_TOKEN_EOS
 
 typedef struct {
     const char *str;
@@ -36,8 +36,6 @@ int tokenizer_encode(const Tokenizer *t, const char *text, int *tokens, int *n_t
                      Error *err);
 /* The piece to print after `prev`, exactly as run.c's decode. */
 const char *tokenizer_decode(const Tokenizer *t, int prev, int token);
-/* run.c's safe_printf test: single bytes that are neither printable nor space are dropped. */
-int piece_is_printable(const char *piece);
 /* 0 when s is well-formed UTF-8, else the offset of the first bad byte plus one. */
 size_t utf8_invalid_at(const char *s);
 

@@ -5,25 +5,15 @@
 
 #include "ops.h"
 
-const char *path_name(ComputePath p) {
+const char *path_name(Llama2Path p) {
     switch (p) {
-    case PATH_AUTO: return "auto";
-    case PATH_REF: return "ref";
-    case PATH_FAST: return "fast";
-    case PATH_QUANT: return "quant";
-    case PATH_FAITHFUL: return "faithful";
+    case LLAMA2_PATH_AUTO: return "auto";
+    case LLAMA2_PATH_REF: return "ref";
+    case LLAMA2_PATH_FAST: return "fast";
+    case LLAMA2_PATH_QUANT: return "quant";
+    case LLAMA2_PATH_FAITHFUL: return "faithful";
     }
     return "?";
-}
-
-/* The packed quantized formats keep the KV cache in binary16: with 8- or 4-bit weights
- * the cache is a large part of the memory and of the bytes read per token (3.5 MB and
- * ~1.8 MB/token in fp32 for stories15M's 256 positions). llama2.c's formats keep fp32,
- * so their paths stay run.c's and runq.c's. Per layer, keys are transposed
- * ([kv_dim][max_pos]: one dimension's positions contiguous, vector lanes for the scores),
- * values are [max_pos][kv_dim] (kernels.h, attention_f16). */
-static int half_kv_cache(const ModelConfig *c) {
-    return c->format == FORMAT_PACKED_Q8 || c->format == FORMAT_PACKED_Q4;
 }
 
 static void *alloc_floats(size_t n, int *failed) {
@@ -32,33 +22,33 @@ static void *alloc_floats(size_t n, int *failed) {
     return p;
 }
 
-int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_pos, Error *err) {
+int transformer_init(Transformer *t, const Model *m, Llama2Path path, int max_pos, Error *err) {
     memset(t, 0, sizeof *t);
     const ModelConfig *c = &m->cfg;
     int quantized = c->format == FORMAT_Q80 || c->format == FORMAT_PACKED_Q8 ||
                     c->format == FORMAT_PACKED_Q4;
     int faithful = c->format == FORMAT_PACKED_FAITHFUL;
-    if (path == PATH_AUTO) path = quantized ? PATH_QUANT : faithful ? PATH_FAITHFUL : PATH_FAST;
-    if (path == PATH_FAITHFUL && !faithful)
+    if (path == LLAMA2_PATH_AUTO)
+        path = quantized ? LLAMA2_PATH_QUANT : faithful ? LLAMA2_PATH_FAITHFUL : LLAMA2_PATH_FAST;
+    if (path == LLAMA2_PATH_FAITHFUL && !faithful)
         return fail(err, "the faithful path needs a faithful file; this one is %s (convert it "
                     "with `invoke convert --format faithful`)", format_name(c->format));
-    if (quantized && path != PATH_QUANT)
+    if (quantized && path != LLAMA2_PATH_QUANT)
         return fail(err, "the %s path needs an fp32 checkpoint; this one is %s",
                     path_name(path), format_name(c->format));
-    if (!quantized && path == PATH_QUANT)
+    if (!quantized && path == LLAMA2_PATH_QUANT)
         return fail(err, "the quantized path needs a q8/q4/Q8_0 checkpoint; this one is %s "
                     "(convert it with `invoke convert --format q8`)", format_name(c->format));
     if (max_pos < 1 || max_pos > c->seq_len) max_pos = c->seq_len;
     t->model = m;
     t->path = path;
     t->max_pos = max_pos;
+    /* quantized weights: matvec_fast is bit-identical to matvec_ref */
+    t->matvec = path == LLAMA2_PATH_REF || path == LLAMA2_PATH_FAITHFUL ? matvec_ref : matvec_fast;
 
     size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
-    size_t kv_dim = dim / (size_t)c->n_heads * (size_t)c->n_kv_heads;
-    size_t widest = dim > hidden ? dim : hidden, cache;
-    if (mul_size((size_t)c->n_layers * (size_t)max_pos, kv_dim, &cache) ||
-        cache > ((size_t)1 << 40))
-        return fail(err, "the KV cache for %d positions is too large", max_pos);
+    size_t widest = dim > hidden ? dim : hidden, cache = kv_cache_elements(c, max_pos);
+    if (cache == 0) return fail(err, "the KV cache for %d positions is too large", max_pos);
     RunState *s = &t->s;
     int failed = 0;
     s->x = alloc_floats(dim, &failed);
@@ -70,16 +60,7 @@ int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_p
     s->att = alloc_floats((size_t)c->n_heads * (size_t)max_pos, &failed);
     s->logits = alloc_floats((size_t)c->vocab_size, &failed);
     s->rope = alloc_floats(dim / (size_t)c->n_heads, &failed);
-    if (half_kv_cache(c)) {
-        s->key_cache16 = calloc(cache ? cache : 1, sizeof(uint16_t));
-        s->value_cache16 = calloc(cache ? cache : 1, sizeof(uint16_t));
-        s->k = alloc_floats(kv_dim, &failed);
-        s->v = alloc_floats(kv_dim, &failed);
-        if (!s->key_cache16 || !s->value_cache16) failed = 1;
-    } else {
-        s->key_cache = alloc_floats(cache, &failed);
-        s->value_cache = alloc_floats(cache, &failed);
-    }
+    if (kv_cache_init(&t->kv, c, max_pos) != 0) failed = 1;
     if (quantized) {
         /* packed matrices read whole groups: the activation is padded to them */
         size_t padded = (widest + PACK_GROUP - 1) / PACK_GROUP * PACK_GROUP;
@@ -87,7 +68,7 @@ int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_p
         s->xs = alloc_floats(widest, &failed); /* groups of >= 1 value */
         if (!s->xq) failed = 1;
     }
-    if (path == PATH_FAITHFUL && !failed) {
+    if (path == LLAMA2_PATH_FAITHFUL && !failed) {
         t->faithful = faithful_new(m, err);
         if (!t->faithful) {
             transformer_free(t);
@@ -104,22 +85,20 @@ int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_p
 
 void transformer_free(Transformer *t) {
     RunState *s = &t->s;
-    float *bufs[] = {s->x, s->xb, s->xb2, s->hb, s->hb2, s->q, s->att,
-                     s->logits, s->rope, s->key_cache, s->value_cache, s->xs, s->k, s->v};
+    float *bufs[] = {s->x, s->xb, s->xb2, s->hb, s->hb2, s->q, s->att, s->logits, s->rope, s->xs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
-    free(s->key_cache16);
-    free(s->value_cache16);
     free(s->xq);
     memset(s, 0, sizeof *s);
+    kv_cache_free(&t->kv);
     faithful_free(t->faithful);
     t->faithful = NULL;
 }
 
-/* A matrix's input: quantized once when the weights are Q8_0, shared by the matrices
+/* A matrix's input: quantized once when the weights are quantized, shared by the matrices
  * that read the same vector (wq/wk/wv, w1/w3). */
 static Activation activation(Transformer *t, const float *x, size_t n) {
     Activation a = {.f = x, .n = n};
-    if (t->path == PATH_QUANT) {
+    if (t->path == LLAMA2_PATH_QUANT) {
         a.q = t->s.xq;
         a.s = t->s.xs;
         a.group_size = (size_t)t->model->cfg.group_size;
@@ -128,96 +107,94 @@ static Activation activation(Transformer *t, const float *x, size_t n) {
     return a;
 }
 
-static void matvec(Transformer *t, float *out, const Tensor *w, const Activation *a) {
-    switch (w->type) {
-    case TENSOR_PF32:
-        if (t->path == PATH_REF) matvec_packed_f32_ref(out, w, a->f);
-        else matvec_packed_f32(out, w, a->f, t->path != PATH_FAITHFUL); /* unfused = ref */
-        return;
-    case TENSOR_PQ8:
-    case TENSOR_PQ4: matvec_packed_q(out, w, a); return;
-    case TENSOR_Q80: matvec_q80(out, w, a); return;
-    case TENSOR_F32:
-        if (t->path == PATH_REF) matvec_f32_ref(out, w->f, a->f, w->cols, w->rows);
-        else matvec_f32_fast(out, w->f, a->f, w->cols, w->rows);
-        return;
-    }
+/* x += dx: a residual connection */
+static void residual(float *x, const float *dx, int n) {
+    for (int i = 0; i < n; i++) x[i] += dx[i];
 }
 
+/* run.c's forward(), step by step; the kernels (t->matvec) keep the path's arithmetic. */
 float *transformer_forward(Transformer *t, int token, int pos) {
     const Model *m = t->model;
     const ModelConfig *p = &m->cfg;
     RunState *s = &t->s;
     float *x = s->x;
     int dim = p->dim, hidden = p->hidden_dim, head_size = dim / p->n_heads;
-    int kv_dim = head_size * p->n_kv_heads, kv_mul = p->n_heads / p->n_kv_heads;
-    size_t layer_cache = (size_t)t->max_pos * (size_t)kv_dim;
+    int kv_dim = head_size * p->n_kv_heads;
+    int kv_mul = p->n_heads / p->n_kv_heads; /* query heads per key/value head (GQA) */
 
-    if (t->path == PATH_FAITHFUL)
-        faithful_embed(t->faithful, m, token, x); /* read, not mapped: see faithful.c */
-    else if (m->embedding.type == TENSOR_Q80)
-        dequantize_row(x, &m->embedding, (size_t)token); /* one row, never the whole table */
-    else if (m->embedding.type != TENSOR_F32)
-        dequantize_packed_row(x, &m->embedding, (size_t)token);
-    else
-        memcpy(x, m->embedding.f + (size_t)token * (size_t)dim, (size_t)dim * sizeof *x);
+    /* copy the token embedding into x (one row, never the whole table dequantized; the
+     * faithful path reads it from the file like its recomputed tiles: see faithful.c) */
+    if (t->path == LLAMA2_PATH_FAITHFUL) faithful_embed(t->faithful, m, token, x);
+    else dequantize_row(x, &m->embedding, (size_t)token);
+    /* this position's RoPE rotations, the same for every layer */
     rope_table(s->rope, pos, head_size);
 
+    /* forward all the layers */
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
-        int half = s->key_cache16 != NULL;
-        float *key_cache = half ? NULL : s->key_cache + (size_t)l * layer_cache;
-        float *value_cache = half ? NULL : s->value_cache + (size_t)l * layer_cache;
-        float *k = half ? s->k : key_cache + (size_t)pos * (size_t)kv_dim;
-        float *v = half ? s->v : value_cache + (size_t)pos * (size_t)kv_dim;
-        uint16_t *key16 = half ? s->key_cache16 + (size_t)l * layer_cache : NULL;
-        uint16_t *value16 = half ? s->value_cache16 + (size_t)l * layer_cache : NULL;
 
+        /* attention rmsnorm */
         rmsnorm(s->xb, x, w->rms_att, dim);
+
+        /* qkv matmuls for this position; key and value go where the cache wants them */
+        float *k = kv_cache_key(&t->kv, l, pos), *v = kv_cache_value(&t->kv, l, pos);
         Activation a = activation(t, s->xb, (size_t)dim);
-        matvec(t, s->q, &w->wq, &a);
-        matvec(t, k, &w->wk, &a);
-        matvec(t, v, &w->wv, &a);
+        t->matvec(s->q, &w->wq, &a);
+        t->matvec(k, &w->wk, &a);
+        t->matvec(v, &w->wv, &a);
+
+        /* RoPE relative positional encoding: rotate q and k in each head */
         rope_rotate(s->q, k, s->rope, dim, kv_dim, head_size);
-        if (half)
-            for (int i = 0; i < kv_dim; i++) {
-                key16[(size_t)i * (size_t)t->max_pos + (size_t)pos] = half_from_float(k[i]);
-                value16[(size_t)pos * (size_t)kv_dim + (size_t)i] = half_from_float(v[i]);
-            }
 
-        for (int h = 0; h < p->n_heads; h++) {
-            size_t kv_off = (size_t)(h / kv_mul) * (size_t)head_size;
-            float *att = s->att + (size_t)h * (size_t)t->max_pos;
-            if (half)
-                attention_f16(s->xb + h * head_size, att, s->q + h * head_size,
-                              key16 + kv_off * (size_t)t->max_pos, (size_t)t->max_pos,
-                              value16 + kv_off, (size_t)kv_dim, pos, head_size);
-            else
-                attention_head(s->xb + h * head_size, att, s->q + h * head_size,
-                               key_cache + kv_off, value_cache + kv_off, pos, head_size,
-                               (size_t)kv_dim);
-        }
+        /* store this position's key and value in the cache */
+        kv_cache_store(&t->kv, l, pos);
+
+        /* multihead attention over positions 0..pos, into xb */
+        for (int h = 0; h < p->n_heads; h++)
+            kv_cache_attention(&t->kv, l, h / kv_mul, s->xb + h * head_size,
+                               s->att + (size_t)h * (size_t)t->max_pos, s->q + h * head_size,
+                               pos, head_size);
+
+        /* final matmul to get the output of the attention */
         a = activation(t, s->xb, (size_t)dim);
-        matvec(t, s->xb2, &w->wo, &a);
-        for (int i = 0; i < dim; i++) x[i] += s->xb2[i];
+        t->matvec(s->xb2, &w->wo, &a);
 
+        /* residual connection back into x */
+        residual(x, s->xb2, dim);
+
+        /* ffn rmsnorm */
         rmsnorm(s->xb, x, w->rms_ffn, dim);
+
+        /* w1(x) and w3(x) */
         a = activation(t, s->xb, (size_t)dim);
-        matvec(t, s->hb, &w->w1, &a);
-        matvec(t, s->hb2, &w->w3, &a);
+        t->matvec(s->hb, &w->w1, &a);
+        t->matvec(s->hb2, &w->w3, &a);
+
+        /* SwiGLU non-linearity: silu(w1(x)) * w3(x) */
         swiglu(s->hb, s->hb2, hidden);
+
+        /* final matmul to get the output of the ffn */
         a = activation(t, s->hb, (size_t)hidden);
-        matvec(t, s->xb, &w->w2, &a);
-        for (int i = 0; i < dim; i++) x[i] += s->xb[i];
+        t->matvec(s->xb, &w->w2, &a);
+
+        /* residual connection */
+        residual(x, s->xb, dim);
     }
+
+    /* final rmsnorm */
     rmsnorm(x, x, m->rms_final, dim);
-    Activation a = activation(t, x, (size_t)dim);
-    if (t->path == PATH_FAITHFUL) faithful_classify(t->faithful, m, x, s->logits);
-    else matvec(t, s->logits, &m->classifier, &a);
+
+    /* classifier into logits (the faithful path: int8 logits and their bounds) */
+    if (t->path == LLAMA2_PATH_FAITHFUL) {
+        faithful_classify(t->faithful, m, x, s->logits);
+    } else {
+        Activation a = activation(t, x, (size_t)dim);
+        t->matvec(s->logits, &m->classifier, &a);
+    }
     return s->logits;
 }
 
 int transformer_sample(Transformer *t, Sampler *s, float *logits) {
-    if (t->path == PATH_FAITHFUL) return faithful_sample(t->faithful, t->model, s, logits);
+    if (t->path == LLAMA2_PATH_FAITHFUL) return faithful_sample(t->faithful, t->model, s, logits);
     return sampler_sample(s, logits);
 }

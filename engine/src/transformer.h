@@ -5,44 +5,46 @@
 #include "error.h"
 #include "faithful.h"
 #include "kernels.h"
+#include "kv_cache.h"
 #include "model.h"
+#include "sampler.h"
 
-typedef enum {
-    PATH_AUTO, /* the fastest path for the file's format */
-    PATH_REF,  /* fp32, run.c's exact arithmetic */
-    PATH_FAST, /* fp32, the build's fastest kernels */
-    PATH_QUANT, /* int8 activations x quantized weights (v2 Q8_0, packed q8/q4 files) */
-    PATH_FAITHFUL, /* faithful files: run.c's layers, int8 classifier, certified sampler */
-} ComputePath;
-
+/* Activations of the current position (run.c's RunState without the cache). */
 typedef struct {
-    float *x, *xb, *xb2, *hb, *hb2, *q, *att, *logits, *rope;
-    float *key_cache, *value_cache; /* (layer, max_pos, kv_dim) */
-    /* packed q8/q4 files: the cache in binary16 instead, keys transposed (layer, kv_dim,
-     * max_pos), values (layer, max_pos, kv_dim); k, v: this position's, in fp32 */
-    uint16_t *key_cache16, *value_cache16;
-    float *k, *v;
-    int8_t *xq;                      /* quantized activation, max(dim, hidden) */
-    float *xs;
+    float *x;      /* the residual stream (dim) */
+    float *xb;     /* inside a residual branch (dim) */
+    float *xb2;    /* another (dim) */
+    float *hb;     /* the FFN's hidden layer (hidden_dim) */
+    float *hb2;    /* another (hidden_dim) */
+    float *q;      /* the query (dim) */
+    float *att;    /* attention scores (n_heads, max_pos) */
+    float *logits; /* the output (vocab_size) */
+    float *rope;   /* this position's RoPE cos/sin (head_size) */
+    int8_t *xq;    /* quantized activation, max(dim, hidden) padded to whole groups */
+    float *xs;     /* its scales */
 } RunState;
 
 typedef struct {
     const Model *model;
-    ComputePath path;
+    Llama2Path path;
     int max_pos; /* positions the KV cache holds: the steps asked for, at most seq_len */
-    Faithful *faithful; /* PATH_FAITHFUL: the classifier's bounds and the certified sampler */
+    /* the matrix kernels' contract: matvec_ref (run.c's arithmetic: -k ref and the
+     * faithful path's layers) or matvec_fast (-k fast, quant) */
+    void (*matvec)(float *out, const Tensor *w, const Activation *x);
+    KvCache kv;
+    Faithful *faithful; /* LLAMA2_PATH_FAITHFUL: the classifier's bounds, the certified sampler */
     RunState s;
 } Transformer;
 
-const char *path_name(ComputePath p);
-/* Resolves PATH_AUTO and checks the path suits the file. */
-int transformer_init(Transformer *t, const Model *m, ComputePath path, int max_pos, Error *err);
+const char *path_name(Llama2Path p);
+/* Resolves LLAMA2_PATH_AUTO and checks the path suits the file. */
+int transformer_init(Transformer *t, const Model *m, Llama2Path path, int max_pos, Error *err);
 void transformer_free(Transformer *t);
-/* Logits (vocab_size) for `token` at `pos` (0 <= pos < max_pos). PATH_FAITHFUL: int8
- * approximations; run.c's token comes from transformer_sample. */
+/* Logits (vocab_size) for `token` at `pos` (0 <= pos < max_pos). On the faithful path:
+ * int8 approximations; run.c's token comes from transformer_sample. */
 float *transformer_forward(Transformer *t, int token, int pos);
 /* The next token from the logits the last forward pass returned: run.c's sampler, or on
- * PATH_FAITHFUL the certified decision (which may recompute rows exactly). */
+ * the faithful path the certified decision (which may recompute rows exactly). */
 int transformer_sample(Transformer *t, Sampler *s, float *logits);
 
 #endif

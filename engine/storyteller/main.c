@@ -22,8 +22,7 @@ typedef struct {
     const char *config_path, *prompt, *mic_wav, *wav_out;
     int mic, quiet;
     Tts *tts;
-    Engine engine;
-    int engine_open;
+    Llama2 *engine;
 } App;
 
 static void usage(FILE *out) {
@@ -81,7 +80,7 @@ static int speak_sentence(void *user, const char *sentence) {
 
 static int on_piece(void *user, const char *piece) {
     StoryRun *r = user;
-    if (!piece_is_printable(piece)) return 0;
+    if (!llama2_piece_is_printable(piece)) return 0;
     if (!r->app->quiet) {
         fputs(piece, stdout);
         fflush(stdout);
@@ -96,8 +95,8 @@ static int tell_story(App *a, const char *prompt) {
         report(err.msg);
         return 1;
     }
-    GenerationStats gen;
-    int rc = engine_generate(&a->engine, prompt, on_piece, &r, &gen, &err);
+    Llama2Stats gen;
+    int rc = llama2_generate(a->engine, prompt, on_piece, &r, &gen, &err);
     if (!a->quiet) {
         fputs("\n", stdout);
         fflush(stdout);
@@ -114,7 +113,7 @@ static int tell_story(App *a, const char *prompt) {
         report(r.failed ? r.err.msg : speech_err.msg);
         return 1;
     }
-    double tps = stats_tokens_per_second(&gen);
+    double tps = llama2_tokens_per_second(&gen);
     fprintf(stderr, "storyteller: generation: %.1f tok/s (%d tokens)\n", tps < 0 ? 0 : tps,
             gen.positions);
     fprintf(stderr, "storyteller: tts: %.2f s CPU for %.2f s of audio (%d sentences)\n",
@@ -276,18 +275,18 @@ static int open_app(App *a) {
             return 1;
         }
     }
-    EngineOptions eo = {.checkpoint_path = c->model, .tokenizer_path = c->tokenizer,
+    Llama2Options eo = {.checkpoint_path = c->model, .tokenizer_path = c->tokenizer,
                         .temperature = c->temperature, .topp = c->topp,
                         .seed = c->seed ? (unsigned long long)c->seed : (unsigned long long)time(NULL),
                         .steps = c->steps,
-                        .path = !strcmp(c->path, "ref") ? PATH_REF
-                                : !strcmp(c->path, "fast") ? PATH_FAST : PATH_AUTO};
-    if (engine_open(&a->engine, &eo, &err)) {
+                        .path = !strcmp(c->path, "ref") ? LLAMA2_PATH_REF
+                                : !strcmp(c->path, "fast") ? LLAMA2_PATH_FAST : LLAMA2_PATH_AUTO};
+    a->engine = llama2_open(&eo, &err);
+    if (!a->engine) {
         report(err.msg);
         say(a, "Sorry, I cannot find my story book.");
         return 1;
     }
-    a->engine_open = 1;
     return 0;
 }
 
@@ -301,7 +300,7 @@ int main(int argc, char **argv) {
         else if (a.mic) rc = run_mic(&a);
         else rc = run_stdin(&a);
     }
-    if (a.engine_open) engine_close(&a.engine);
+    llama2_close(a.engine);
     tts_close(a.tts);
     return rc;
 }

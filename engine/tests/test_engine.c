@@ -6,7 +6,10 @@
 #include <string.h>
 
 #include "../include/llama2.h"
+#include "../src/kernels.h"
 #include "../src/ops.h"
+#include "../src/sampler.h"
+#include "../src/tokenizer.h"
 
 #include "check.h"
 
@@ -58,8 +61,8 @@ static void test_q80_shapes(void) {
         for (size_t j = 0; j < cols; j++) x[j] = uniform() * 3.0f;
         quantize_q80(xq, xs, x, cols, gs);
         Activation a = {.f = x, .q = xq, .s = xs, .n = cols, .group_size = gs};
-        matvec_q80(out, &m.t, &a);
-        matvec_q80_ref(out_ref, &m.t, &a);
+        matvec_fast(out, &m.t, &a);
+        matvec_ref(out_ref, &m.t, &a);
         for (size_t i = 0; i < rows; i++) {
             double exact = q80_exact(&m.t, &a, i);
             CHECK(fabs(out[i] - exact) <= 1e-4 * (1 + fabs(exact)),
@@ -92,8 +95,10 @@ static void test_f32_fast(void) {
     float *w = malloc(n * d * sizeof *w), x[77], a[5], b[5];
     for (size_t i = 0; i < n * d; i++) w[i] = uniform();
     for (size_t j = 0; j < n; j++) x[j] = uniform();
-    matvec_f32_ref(a, w, x, n, d);
-    matvec_f32_fast(b, w, x, n, d);
+    Tensor t = {.type = TENSOR_F32, .rows = d, .cols = n, .f = w};
+    Activation xa = {.f = x, .n = n};
+    matvec_ref(a, &t, &xa);
+    matvec_fast(b, &t, &xa);
     for (size_t i = 0; i < d; i++) CHECK(fabsf(a[i] - b[i]) < 1e-4f, "fast fp32 row %zu", i);
     free(w);
 }

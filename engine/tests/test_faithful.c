@@ -1,20 +1,26 @@
-/* The faithful path's certified decision (faithful.c) against run.c's sampler: constructed
- * logit vectors (the coin exactly on, just inside and just outside a cdf boundary, ties, a
- * nucleus of one token, -p 1, -p 0, -t 0), a property test over random logit vectors with
- * random bounds, and the int8 classifier's bounds against run.c's fp32 logits. Built and
- * run by `make check` (and under ASan/UBSan by the Python suite). */
+/* The faithful path's certified decision (faithful_decide.c, driven directly: no model)
+ * against run.c's sampler: constructed logit vectors (the coin exactly on, just inside and
+ * just outside a cdf boundary, ties, a nucleus of one token, -p 1, -p 0, -t 0, a budget of
+ * nothing), a property test over random logit vectors with random bounds; then the path
+ * (faithful.c): the int8 classifier's bounds against run.c's fp32 logits. Built and run by
+ * `make check` (and under ASan/UBSan by the Python suite). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../include/llama2.h"
+#include "../src/faithful.h"
+#include "../src/faithful_decide.h"
+#include "../src/kernels.h"
 #include "../src/ops.h"
+#include "../src/sampler.h"
 
 #include "check.h"
 
 static unsigned long long rng = 7;
 static float unit(void) { return random_f32(&rng); } /* [0, 1) */
+
+/* ---- the decision (faithful_decide.c) on logits and bounds made here ------------------- */
 
 typedef struct {
     int rounds, exact; /* refinement rounds; 1 when it took every logit exact */
@@ -26,7 +32,7 @@ static int certified(const float *truth, const float *lo0, const float *hi0, int
                      float topp, float coin, int budget, Outcome *out) {
     LogitBounds b = {n, malloc(n * sizeof(float)), malloc(n * sizeof(float)), malloc(n)};
     int *refine = malloc((n + 1) * sizeof *refine);
-    FaithfulWork *w = faithful_work_new(n);
+    FaithfulWork *w = faithful_work_new(n, PACK_ROWS);
     memcpy(b.lo, lo0, n * sizeof(float));
     memcpy(b.hi, hi0, n * sizeof(float));
     for (int i = 0; i < n; i++) b.exact[i] = lo0[i] == hi0[i] && lo0[i] == truth[i];

@@ -47,23 +47,23 @@ typedef struct {
     double kl;
 } SeedResult;
 
-static void reseed(Engine *e, const EngineOptions *o, unsigned long long seed) {
-    sampler_free(&e->sampler);
-    if (sampler_init(&e->sampler, e->model.cfg.vocab_size, o->temperature, o->topp, seed))
-        die("out of memory for the sampler");
+static void reseed(Llama2 *e, unsigned long long seed) {
+    if (llama2_reseed(e, seed)) die("out of memory for the sampler");
 }
 
-static SeedResult run_seed(Engine *ref, Engine *model, const EngineOptions *o, const int *prompt,
-                           int n_prompt, unsigned long long seed, int *ref_tokens,
-                           double *lp, double *lq, float *logits) {
-    int vocab = ref->model.cfg.vocab_size, steps = ref->steps;
+static SeedResult run_seed(Llama2 *ref, Llama2 *model, const int *prompt, int n_prompt,
+                           unsigned long long seed, int *ref_tokens, double *lp, double *lq,
+                           float *logits) {
+    Llama2Shape shape;
+    llama2_shape(ref, &shape);
+    int vocab = shape.vocab_size, steps = shape.steps;
     SeedResult r = {0};
-    reseed(ref, o, seed);
+    reseed(ref, seed);
     /* REF generates; MODEL is fed the same tokens (teacher forcing) */
     int token = prompt[0], n = 0;
     for (int pos = 0; pos < steps; pos++) {
-        float *p = transformer_forward(&ref->transformer, token, pos);
-        float *q = transformer_forward(&model->transformer, token, pos);
+        float *p = llama2_forward(ref, token, pos);
+        float *q = llama2_forward(model, token, pos);
         if (pos >= n_prompt - 1) {
             log_softmax(lp, p, vocab);
             log_softmax(lq, q, vocab);
@@ -74,20 +74,19 @@ static SeedResult run_seed(Engine *ref, Engine *model, const EngineOptions *o, c
             r.compared++;
         }
         memcpy(logits, p, sizeof(float) * (size_t)vocab);
-        int next = pos < n_prompt - 1 ? prompt[pos + 1] : sampler_sample(&ref->sampler, logits);
+        int next = pos < n_prompt - 1 ? prompt[pos + 1] : llama2_sample(ref, logits);
         ref_tokens[n++] = next;
-        if (next == TOKEN_BOS) break;
+        if (next == LLAMA2_TOKEN_BOS) break;
         token = next;
     }
     r.generated = n;
     /* MODEL generates freely from the same seed */
-    reseed(model, o, seed);
+    reseed(model, seed);
     token = prompt[0];
     r.departure = n;
     for (int pos = 0; pos < n; pos++) {
-        float *q = transformer_forward(&model->transformer, token, pos);
-        int next = pos < n_prompt - 1 ? prompt[pos + 1]
-                                      : transformer_sample(&model->transformer, &model->sampler, q);
+        float *q = llama2_forward(model, token, pos);
+        int next = pos < n_prompt - 1 ? prompt[pos + 1] : llama2_sample(model, q);
         if (next != ref_tokens[pos]) {
             r.departure = pos - (n_prompt - 1);
             break;
@@ -100,8 +99,8 @@ static SeedResult run_seed(Engine *ref, Engine *model, const EngineOptions *o, c
 
 int main(int argc, char **argv) {
     if (argc < 4) usage();
-    EngineOptions o = {.tokenizer_path = argv[3], .temperature = 1.0f, .topp = 0.9f,
-                       .steps = 256, .path = PATH_REF};
+    Llama2Options o = {.tokenizer_path = argv[3], .temperature = 1.0f, .topp = 0.9f,
+                       .steps = 256, .path = LLAMA2_PATH_REF};
     long long first_seed = 1, seeds = 20;
     const char *text = "Once upon a time";
     for (int i = 4; i < argc; i += 2) {
@@ -118,33 +117,36 @@ int main(int argc, char **argv) {
         }
     }
     if (seeds < 1 || o.steps < 1) usage();
-    Engine ref, model;
-    Error err = {{0}};
+    Llama2Error err = {{0}};
     o.checkpoint_path = argv[1];
-    if (engine_open(&ref, &o, &err)) die(err.msg);
-    EngineOptions mo = o;
+    Llama2 *ref = llama2_open(&o, &err);
+    if (!ref) die(err.msg);
+    Llama2Options mo = o;
     mo.checkpoint_path = argv[2];
-    mo.path = PATH_AUTO;
-    if (engine_open(&model, &mo, &err)) die(err.msg);
-    const ModelConfig *a = &ref.model.cfg, *b = &model.model.cfg;
-    if (a->dim != b->dim || a->n_layers != b->n_layers || a->vocab_size != b->vocab_size ||
-        a->seq_len != b->seq_len)
+    mo.path = LLAMA2_PATH_AUTO;
+    Llama2 *model = llama2_open(&mo, &err);
+    if (!model) die(err.msg);
+    Llama2Shape a, b;
+    llama2_shape(ref, &a);
+    llama2_shape(model, &b);
+    if (a.dim != b.dim || a.n_layers != b.n_layers || a.vocab_size != b.vocab_size ||
+        a.seq_len != b.seq_len)
         die("the two models have different shapes");
 
-    int vocab = a->vocab_size, n_prompt;
-    int *prompt = malloc(sizeof(int) * tokenizer_max_tokens(text));
-    int *ref_tokens = malloc(sizeof(int) * (size_t)ref.steps);
+    int vocab = a.vocab_size, n_prompt;
+    int *prompt = llama2_encode(ref, text, &n_prompt, &err);
+    if (!prompt) die(err.msg);
+    int *ref_tokens = malloc(sizeof(int) * (size_t)a.steps);
     double *lp = malloc(sizeof(double) * (size_t)vocab), *lq = malloc(sizeof(double) * (size_t)vocab);
     float *logits = malloc(sizeof(float) * (size_t)vocab);
-    if (!prompt || !ref_tokens || !lp || !lq || !logits) die("out of memory");
-    if (tokenizer_encode(&ref.tokenizer, text, prompt, &n_prompt, &err)) die(err.msg);
-    if (n_prompt >= ref.steps) die("the prompt fills every step");
+    if (!ref_tokens || !lp || !lq || !logits) die("out of memory");
+    if (n_prompt >= a.steps) die("the prompt fills every step");
 
     double departure = 0, kl = 0;
     long top1 = 0, compared = 0, identical = 0;
     for (long long s = first_seed; s < first_seed + seeds; s++) {
-        SeedResult r = run_seed(&ref, &model, &o, prompt, n_prompt, (unsigned long long)s,
-                                ref_tokens, lp, lq, logits);
+        SeedResult r = run_seed(ref, model, prompt, n_prompt, (unsigned long long)s, ref_tokens,
+                                lp, lq, logits);
         int same = r.departure == r.generated - (n_prompt - 1);
         printf("seed %lld: departs at token %d of %d%s, top-1 %.4f, mean KL %.3g\n", s,
                r.departure, r.generated - (n_prompt - 1), same ? " (identical)" : "",
@@ -159,7 +161,7 @@ int main(int argc, char **argv) {
            seeds, identical, departure / (double)seeds, (double)top1 / (double)compared,
            kl / (double)compared);
     free(prompt), free(ref_tokens), free(lp), free(lq), free(logits);
-    engine_close(&ref);
-    engine_close(&model);
+    llama2_close(ref);
+    llama2_close(model);
     return 0;
 }
