@@ -1,6 +1,9 @@
 /* The request recogniser: PocketSphinx with the JSGF grammar from prompts.c and a small
- * dictionary (story.dict), never a language model, so the decoder only ever hears
- * sentences the robot understands.
+ * dictionary (story.dict), never a language model. Beside the requests the grammar holds a
+ * garbage loop of single phones (<other>): speech that is no request is heard as phones,
+ * and asr_decode returns "" for it, so the robot says sorry instead of acting on the
+ * nearest request. (A phone-loop search scored against the grammar's, tried first, took
+ * 220 MB and 11 s per utterance: not for a 64 MB board.)
  *
  * Two PocketSphinx APIs exist and both must build: 0.8/5prealpha (Debian bookworm, with
  * sphinxbase: cmd_ln_init, ps_set_jsgf_string, ps_set_search) and 5.x (Debian sid:
@@ -34,6 +37,7 @@
 
 struct Recognizer {
     ps_decoder_t *ps;
+    int trace; /* STORYTELLER_ASR_TRACE set: the decoder's raw hypothesis on stderr */
 };
 
 /* ---- the two configuration APIs ---------------------------------------------------- */
@@ -64,6 +68,7 @@ static int grammar_activate(ps_decoder_t *ps, const char *jsgf) {
     if (ps_add_jsgf_string(ps, SEARCH_NAME, jsgf) < 0) return -1;
     return ps_activate_search(ps, SEARCH_NAME);
 }
+
 #else
 static ps_decoder_t *decoder_init(const char *model_dir, const char *dict) {
     char rate[16];
@@ -95,6 +100,7 @@ static int grammar_activate(ps_decoder_t *ps, const char *jsgf_text) {
     jsgf_grammar_free(jsgf);
     return rc < 0 ? -1 : ps_set_search(ps, SEARCH_NAME);
 }
+
 #endif
 
 /* ---- checks that turn the decoder's silent failures into clear sentences ------------ */
@@ -123,8 +129,8 @@ static int check_paths(const char *model_dir, const char *dict, Error *err) {
     return 0;
 }
 
-/* Calls fn on each word of the JSGF text: what remains after the header lines, rule names
- * and `public`. The grammar is ours (prompts.c), so this need not parse all of JSGF. */
+/* Calls fn on each word of the JSGF text: what remains after the header lines, rule names,
+ * weights and `public`. The grammar is ours (prompts.c), so this need not parse all of JSGF. */
 static int each_grammar_word(const char *g, int (*fn)(void *, const char *), void *user) {
     while (*g) {
         const char *eol = strchr(g, '\n');
@@ -133,12 +139,12 @@ static int each_grammar_word(const char *g, int (*fn)(void *, const char *), voi
             g += line_len + (eol ? 1 : 0);
             continue;
         }
-        if (*g == '<') {
-            const char *end = strchr(g, '>');
+        if (*g == '<' || *g == '/') { /* a rule name, or a weight such as /1e-3/ */
+            const char *end = strchr(g + 1, *g == '<' ? '>' : '/');
             g = end ? end + 1 : g + strlen(g);
             continue;
         }
-        size_t n = strspn(g, "abcdefghijklmnopqrstuvwxyz'");
+        size_t n = strspn(g, "abcdefghijklmnopqrstuvwxyz_'");
         if (n == 0) {
             g++;
             continue;
@@ -196,6 +202,7 @@ Recognizer *asr_open(const char *model_dir, const char *dict, Error *err) {
         asr_close(r);
         return NULL;
     }
+    r->trace = getenv("STORYTELLER_ASR_TRACE") != NULL;
     return r;
 }
 
@@ -250,7 +257,10 @@ int asr_decode(Recognizer *r, const int16_t *pcm, size_t n, char *text, size_t c
     if (ps_end_utt(r->ps) < 0) return fail(err, "speech recogniser: cannot end the utterance");
     int32 score = 0;
     const char *hyp = ps_get_hyp(r->ps, &score);
-    if (hyp && cap > 0) snprintf(text, cap, "%s", hyp);
+    if (!hyp) hyp = "";
+    if (r->trace) fprintf(stderr, "asr: \"%s\"\n", hyp);
+    if (strstr(hyp, PROMPTS_GARBAGE_PREFIX)) return 0; /* the garbage loop won: not a request */
+    if (cap > 0) snprintf(text, cap, "%s", hyp);
     return 0;
 }
 

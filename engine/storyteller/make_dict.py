@@ -1,4 +1,5 @@
-"""Regenerates story.dict: the CMU dictionary's entries for exactly the grammar's words.
+"""Regenerates story.dict: the CMU dictionary's entries for exactly the grammar's words,
+a few more variants (EXTRA_PRONUNCIATIONS) and one single-phone word per ph_ garbage word.
 
 The grammar lives in prompts.c (the GRAMMAR literal); reading it from there keeps the
 recogniser's dictionary and grammar from drifting apart. Alternate pronunciations are kept
@@ -19,7 +20,19 @@ DEFAULT_CMUDICT = Path("/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict")
 
 _LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-_WORD = re.compile(r"[a-z][a-z']*")
+_WORD = re.compile(r"[a-z][a-z_']*")
+# The grammar's garbage loop (prompts.h PROMPTS_GARBAGE_PREFIX): "ph_aa" is the phone AA
+GARBAGE_PREFIX = "ph_"
+# Pronunciations cmudict lacks that speakers use (measured with `invoke bench --asr`): a
+# released final consonant (espeak's "Tim" was often heard as "the moon"), British "cat" with
+# an open /a/ (heard as "dog")
+EXTRA_PRONUNCIATIONS = (
+    "tim T IH M AH",
+    "cat K AA T",
+    "cat K AE T AH",
+    "bird B ER D AH",
+    "flower F L AW AH",
+)
 _ALTERNATE = re.compile(r"\(\d+\)$")
 
 
@@ -78,7 +91,11 @@ def grammar_words(grammar: str) -> list[str]:
 def select_entries(words: list[str], cmudict_lines: list[str]) -> list[str]:
     """cmudict's lines for `words`, alternates after their word, in word order."""
     wanted = set(words)
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {
+        w: [f"{w} {w.removeprefix(GARBAGE_PREFIX).upper()}"]
+        for w in words
+        if w.startswith(GARBAGE_PREFIX)
+    }
     for line in cmudict_lines:
         fields = line.split()
         if len(fields) < 2:
@@ -86,6 +103,10 @@ def select_entries(words: list[str], cmudict_lines: list[str]) -> list[str]:
         base = _ALTERNATE.sub("", fields[0])
         if base in wanted:
             found.setdefault(base, []).append(" ".join(fields))
+    for entry in EXTRA_PRONUNCIATIONS:
+        word, phones = entry.split(" ", 1)
+        if word in found:
+            found[word].append(f"{word}({len(found[word]) + 1}) {phones}")
     missing = [w for w in words if w not in found]
     if missing:
         raise DictError("no pronunciation in the CMU dictionary for: " + ", ".join(missing))

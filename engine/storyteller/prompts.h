@@ -17,6 +17,10 @@ typedef struct {
     char opening[256];
 } Request;
 
+/* Words of the grammar's garbage loop start with this: each stands for one phone, and a
+ * hypothesis holding one was not a request (the recogniser then returns ""). */
+#define PROMPTS_GARBAGE_PREFIX "ph_"
+
 /* The JSGF grammar the recogniser listens for (a static string). */
 const char *prompts_grammar(void);
 /* Maps recognised words (lower case, as PocketSphinx returns them) to a request. */
