@@ -21,18 +21,51 @@ def _fail(err: Exception) -> Exit:
     return Exit(f"error: {err}", code=1)
 
 
+class _CheckedArgument(invoke.parser.Argument):
+    """An option whose bad value (`--steps abc`) is a one-line parse error, not a traceback."""
+
+    def set_value(self, value: Any, cast: bool = True) -> None:
+        try:
+            super().set_value(value, cast)
+        except ValueError:
+            kind = getattr(self.kind, "__name__", "value")
+            expected = {"int": "a whole number", "float": "a number"}.get(kind, f"a {kind}")
+            raise invoke.exceptions.ParseError(
+                f"error: --{self.name.replace('_', '-')}: expected {expected}, got {value!r}"
+            ) from None
+
+
+class _Task(invoke.Task):
+    """Never `-h` as an option's short flag: `invoke TASK -h` must ask for help, not turn
+    on whichever option starts with h (it once started a 30-run benchmark)."""
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        return super().arg_opts(name, default, taken_names | {"h"})
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Any]:
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            arg.__class__ = _CheckedArgument
+        return args
+
+
 def task(*args: Any, **kwargs: Any) -> Any:
-    """invoke's @task, with BuildError caught once for every task."""
+    """invoke's @task, with BuildError caught once for every task, bad option values as
+    one-line errors and no option behind `-h`."""
 
     def decorate(body: Callable[..., Any]) -> Any:
         @functools.wraps(body)
         def caught(*a: Any, **kw: Any) -> Any:
+            if any(v in ("-h", "--help") for v in (*a[1:], *kw.values())):
+                # a required value swallowed the help flag (`invoke deploy -h`): no work
+                name = body.__name__
+                raise Exit(f"error: {name}: no value given; help: invoke --help {name}", code=1)
             try:
                 return body(*a, **kw)
             except BuildError as e:
                 raise _fail(e) from None
 
-        return invoke.task(caught, **kwargs)
+        return invoke.task(caught, klass=_Task, **kwargs)
 
     if len(args) == 1 and callable(args[0]) and not kwargs:  # bare @task
         return decorate(args[0])
@@ -141,6 +174,25 @@ def test(c: Context, k: str = "") -> None:
 
 @task(
     help={
+        "seconds": "how long each target runs (default 60)",
+        "target": "all (default), model (the seven model formats) or a comma list of: "
+        "model_v0, model_v1, model_q80, model_packed_f32, model_packed_q8, model_packed_q4, "
+        "model_faithful, tokenizer, config, wav, recipe (the recipe loader, Hypothesis)",
+    }
+)
+def fuzz(c: Context, seconds: int = 60, target: str = "all") -> None:
+    """Fuzz the engine's file readers (libFuzzer + ASan/UBSan, engine/fuzz/): execs per
+    target; exit 1 on a finding, its reproducer saved under build/fuzz/findings/."""
+    from duo_builder.build import fuzz as fz
+
+    if seconds < 1:
+        raise _fail(ValueError(f"--seconds must be at least 1, got {seconds}"))
+    fz.fuzz_all(fz.resolve(target), seconds, progress=sys.stderr.isatty())
+
+
+@task(
+    auto_shortflags=False,  # long options only: many share a first letter
+    help={
         "runs": "runs per path (the contest uses 30)",
         "model": "fp32 checkpoint (default: synth15m, generated if needed; its Q8_0 "
         "conversion is made too)",
@@ -155,7 +207,15 @@ def test(c: Context, k: str = "") -> None:
         "seeds": "with --fidelity: seeds per format (default 20)",
         "faithful": "instead: -k faithful against -k ref and -k fast on a faithful file "
         "(tok/s, RSS, story, the certified sampler's counters; --runs, default 30)",
-    }
+        "board": "instead: [USER@]HOST: the contest protocol on a running board over SSH, for "
+        "every model in its /usr/share/storyteller/ (out/bench-board-HOST.json)",
+        "port": "with --board: its SSH port (default 22)",
+        "password": "with --board: SSH password when no key is accepted (stock image: milkv)",
+        "recipe": "with --board: the recipe deployed there (its fp32 model, when this host "
+        "has it, gives run.c's reference story)",
+        "asr": "instead: the storyteller's speech recognition on a labelled set of spoken "
+        "requests, other speech and noise (espeak-ng voices, sox; about 90 s)",
+    },
 )
 def bench(
     c: Context,
@@ -168,15 +228,37 @@ def bench(
     fidelity: bool = False,
     seeds: int = 20,
     faithful: bool = False,
+    board: str = "",
+    port: int = 22,
+    password: str = "",
+    recipe: str = "duo-64m",
+    asr: bool = False,
 ) -> None:
     """The contest protocol, for each compute path side by side: tok/s, RSS, story match.
-    With --riscv: instructions/token under QEMU, bytes/token, RSS and a modelled Duo tok/s."""
+    With --riscv: instructions/token under QEMU, bytes/token, RSS and a modelled Duo tok/s.
+    With --asr: the storyteller's recognition on a labelled set of spoken requests, other
+    speech and noise (requests understood, others refused, false stops; per voice)."""
     from duo_builder.bench import contest as b
     from duo_builder.bench import faithful as fb
     from duo_builder.bench import fidelity as fid
     from duo_builder.bench import riscv as rb
 
-    if fidelity:
+    if asr:
+        from duo_builder.bench import asr as asr_bench
+        from duo_builder.build import engine as eng
+
+        eng.build("host")
+        asr_bench.main()
+    elif board:
+        from duo_builder.board import bench as bb
+        from duo_builder.board.ssh import connect
+        from duo_builder.image import recipe as rcp
+
+        with connect(board, port, password) as b:
+            result = bb.run(b, runs, rcp.load(recipe))
+        print(bb.table(result))
+        print(bb.write_json(result))
+    elif fidelity:
         fid.main(seeds=seeds)
     elif faithful:
         fb.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
@@ -197,14 +279,27 @@ def _quote(s: str) -> str:
     help={
         "recipe": "a recipe name (recipes/NAME.yaml) or path; `invoke recipes` lists them",
         "no_container": "offline recipes: build on this host even when an engine answers",
+        "base_image": "release-image recipes: the official image you downloaded (.img or "
+        ".img.zip), instead of downloading it; checked against the recipe's pin if it has one",
     }
 )
-def image(c: Context, recipe: str = "duo-64m", no_container: bool = False) -> None:
+def image(
+    c: Context, recipe: str = "duo-64m", no_container: bool = False, base_image: str = ""
+) -> None:
     """Build out/<recipe>.img with its .sha256 and .manifest.json (in the builder container
     when a Docker or Podman engine answers at DOCKER_HOST)."""
     from duo_builder.image import pipeline as img
 
-    built = img.build(recipe, where="here" if no_container else "auto")
+    if base_image:
+        from pathlib import Path
+
+        from duo_builder.image import recipe as rcp
+        from duo_builder.image.bases import release
+
+        r = release.with_base_image(rcp.load(recipe), Path(base_image))
+        built = img.build_here(r, img.OUT)
+    else:
+        built = img.build(recipe, where="here" if no_container else "auto")
     print(f"{built.image}\n{built.image}.sha256 {built.sha256}\n{built.manifest}")
 
 
@@ -229,9 +324,12 @@ def recipes(c: Context) -> None:
 @task(
     help={
         "recipe": "an offline (qemu-virt) recipe",
-        "prompt": "the story's opening, passed on the kernel command line",
+        "prompt": "the story's opening (any text up to 512 bytes; base64 on the kernel "
+        "command line)",
         "steps": "tokens in the story",
         "timeout": "seconds before the machine is stopped",
+        "ssh": "instead: PORT: boot with SSH (dropbear, key login as root with build/ssh/"
+        "id_ed25519) forwarded from 127.0.0.1:PORT, and stay up until Ctrl-C",
     }
 )
 def qemu(
@@ -240,14 +338,22 @@ def qemu(
     prompt: str = "Once upon a time",
     steps: int = 128,
     timeout: int = 600,
+    ssh: int = 0,
 ) -> None:
-    """Build (if needed) and boot the offline image in a 64 MB QEMU machine; one story."""
+    """Build (if needed) and boot the offline image in a 64 MB QEMU machine; one story
+    (or, with --ssh PORT, a machine to deploy to and bench on over SSH)."""
     from duo_builder.image import pipeline as img
     from duo_builder.image.bases import debian as qemu_image
 
+    qemu_image.kernel_command_line(prompt, steps=steps)  # a bad prompt fails before the build
     built = img.build(recipe)
     if built.kernel is None:
         raise img.ImageError(f"{recipe} is not a QEMU recipe: boot it on the board")
+    if ssh:
+        from duo_builder.board import qemu_ssh
+
+        qemu_ssh.serve(built.image, built.kernel, ssh, img.OUT / f"{recipe}-ssh")
+        return
     results = img.OUT / f"{recipe}-boot"
     boot = qemu_image.boot(
         built.image, built.kernel, prompt=prompt, steps=steps, timeout=timeout, results_dir=results
@@ -256,11 +362,62 @@ def qemu(
     print(f"results (console.log, story.txt, story.wav): {results}")
 
 
-@task(help={"image": "the .img to write", "device": "the whole TF card, e.g. /dev/sdX"})
-def flash(c: Context, image: str, device: str) -> None:
-    """Write an image to a TF card (refuses mounted/system disks), then verify it."""
+@task(
+    help={
+        "host": "[USER@]HOST of the running board (user: root); the USB network: 192.168.42.1",
+        "port": "its SSH port",
+        "recipe": "whose payload to put there (the files an image of it holds)",
+        "password": "SSH password when no key is accepted (the stock Milk-V image: milkv)",
+        "rollback": "instead: put back what the last deploy replaced, remove what it added",
+        "extra_model": "also copy this model file into /usr/share/storyteller/ (e.g. a "
+        "faithful one, which bench --board then measures beside model.bin)",
+    }
+)
+def deploy(
+    c: Context,
+    host: str,
+    port: int = 22,
+    recipe: str = "duo-64m",
+    password: str = "",
+    rollback: bool = False,
+    extra_model: str = "",
+) -> None:
+    """Put the payload (engine, storyteller, model, voice data, config, init script) onto a
+    running board over SSH, sha256-verified, replaced files kept for --rollback."""
+    from pathlib import Path
+
+    from duo_builder.board import deploy as dp
+    from duo_builder.board.ssh import connect
+    from duo_builder.image import recipe as rcp
+
+    if rollback:
+        with connect(host, port, password) as b:
+            restored, removed, seconds = dp.rollback(b)
+        print(f"{host}: rolled back in {seconds:.1f} s: {restored} restored, {removed} removed")
+        return
+    files = dp.items(rcp.load(recipe), [Path(extra_model)] if extra_model else [])
+    with connect(host, port, password) as b:
+        done = dp.deploy(b, files)
+    print(
+        f"{host}: {len(done.files)} files ({done.bytes / 2**20:.1f} MiB) deployed and verified "
+        f"in {done.seconds:.1f} s; {done.replaced} replaced (kept for --rollback)"
+    )
+
+
+@task(
+    help={
+        "image": "the .img to write (its out/<recipe>.manifest.json must be beside it)",
+        "device": "the whole TF card, e.g. /dev/sdX",
+        "force": "write even an image whose manifest is missing or names another board",
+        "yes": "do not ask before writing (the device's model and size are still shown)",
+    }
+)
+def flash(c: Context, image: str, device: str, force: bool = False, yes: bool = False) -> None:
+    """Write a Duo image to a TF card, then verify it: refuses mounted/system disks and
+    images made for another board; shows the card's model and size and asks first."""
     from pathlib import Path
 
     from duo_builder.image.flash import flash as do_flash
 
-    print(f"{device}: written and verified, sha256 {do_flash(Path(image), Path(device))}")
+    digest = do_flash(Path(image), Path(device), force=force, yes=yes)
+    print(f"{device}: written and verified, sha256 {digest}")

@@ -32,13 +32,14 @@ def test_the_labelled_set_is_what_the_issue_asks_for():
 def test_requests_are_understood(scores):
     total = scores["total"]
     print("\n" + asr.format_table(scores))
-    assert total.understood / total.requests >= 0.87  # measured on this subset (full set: 94.5 %)
+    # measured on this subset: 94.5 % (full set: 95.8 %)
+    assert total.understood / total.requests >= 0.92
 
 
 def test_other_speech_is_refused(scores):
     total = scores["total"]
-    assert total.refused / total.others >= 0.92  # measured on this subset (full set: 94.2 %)
+    assert total.refused / total.others >= 0.96  # measured on this subset: 100 % (full: 94.8 %)
 
 
 def test_no_false_stops(scores):
-    assert scores["total"].false_stops == 0  # measured 0 (full set: 1 in 320)
+    assert scores["total"].false_stops == 0  # measured 0 (full set: 0 in 320)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from duo_builder.build.payload_libs import ASR_MODEL_FILES
+
 REPO = Path(__file__).resolve().parent.parent
 EXTERNAL = REPO / "buildroot-external"
 PACKAGES = EXTERNAL / "package"
@@ -33,17 +35,8 @@ UPSTREAM_SYMBOLS = {
 }
 # The audio routes an SDK image supports; i2s-max98357a has no card on the Duo.
 DUO_ROUTES = ("usb", "none")
-# What PocketSphinx's `hmm` setting expands to (pocketsphinx.c, ps_expand_model_config)
-# and the en-us model has; the storyteller sets `hmm` and its own `dict`, no language model.
-ACOUSTIC_MODEL_FILES = {
-    "feat.params",
-    "mdef",
-    "means",
-    "noisedict",
-    "sendump",
-    "transition_matrices",
-    "variances",
-}
+# What PocketSphinx's `hmm` setting needs: the one list, which the payload ships too
+ACOUSTIC_MODEL_FILES = set(ASR_MODEL_FILES)
 # The SDK's toolchain settings (duo-buildroot-sdk-v2, buildroot-2024.02/configs/
 # milkv-duo-musl-riscv64-sd_defconfig), with a path that need not exist for configuring.
 SDK_TOOLCHAIN = """\

@@ -1,9 +1,13 @@
-"""flash(): the real write/verify path on a regular file; the refusal rules on fake
-/proc/mounts text and, read-only, on this machine's real root disk (never written)."""
+"""flash(): the real write/verify path on a regular file; the manifest's board check and
+the confirmation; the refusal rules on fake /proc/mounts text and, read-only, on this
+machine's real root disk (never written)."""
 
 import hashlib
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +18,25 @@ from duo_builder.image.flash import FlashError, Mount, flash, parse_mounts, refu
 MIB = 1 << 20
 
 
+def _manifest(image: Path, board: str = "milkv-duo", **extra) -> Path:
+    """What `invoke image` writes beside out/<recipe>.img (the fields flash reads)."""
+    data = {
+        "recipe": image.name.removesuffix(".img"),
+        "board": board,
+        "base": {"kind": "debian" if board == "qemu-virt" else "sdk"},
+        "image": {"file": image.name, "size": image.stat().st_size},
+        **extra,
+    }
+    path = image.with_name(image.name.removesuffix(".img") + ".manifest.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
 @pytest.fixture
 def image(tmp_path) -> Path:
     path = tmp_path / "duo.img"
     path.write_bytes(os.urandom(9 * MIB + 4321))  # several chunks plus a ragged tail
+    _manifest(path)
     return path
 
 
@@ -29,24 +48,26 @@ def _card(tmp_path: Path, size: int) -> Path:
 
 def test_flash_to_a_regular_file_and_verify(image, tmp_path, capsys):
     card = _card(tmp_path, 16 * MIB)
-    digest = flash(image, card, allow_regular_file=True, progress=True)
+    digest = flash(image, card, allow_regular_file=True, progress=True, yes=True)
     data = image.read_bytes()
     assert digest == hashlib.sha256(data).hexdigest()
     written = card.read_bytes()
     assert written[: len(data)] == data
     assert written[len(data) :] == b"\xff" * (16 * MIB - len(data))  # rest untouched
-    assert "write card.bin" in capsys.readouterr().err  # the tqdm bar
+    err = capsys.readouterr().err
+    assert "write card.bin" in err  # the tqdm bar
+    assert f"writing duo.img to {card}: a regular file, 0.0 GB ({16 * MIB} bytes)" in err
 
 
 def test_exact_size_card_is_enough(image, tmp_path):
     card = _card(tmp_path, image.stat().st_size)
-    assert flash(image, card, allow_regular_file=True, progress=False)
+    assert flash(image, card, allow_regular_file=True, progress=False, yes=True)
 
 
 def test_too_small_card_refused(image, tmp_path):
     card = _card(tmp_path, 4 * MIB)
     with pytest.raises(FlashError, match=rf"{re.escape(str(card))} holds {4 * MIB} bytes.*1 GiB"):
-        flash(image, card, allow_regular_file=True, progress=False)
+        flash(image, card, allow_regular_file=True, progress=False, yes=True)
     assert card.read_bytes() == b"\xff" * (4 * MIB)
 
 
@@ -67,7 +88,86 @@ def test_read_back_mismatch_reported(image, tmp_path, monkeypatch):
     card = _card(tmp_path, 16 * MIB)
     monkeypatch.setattr(fl, "_read_back", lambda *a: "0" * 64)
     with pytest.raises(FlashError, match="read-back of .* differs.*try another card"):
-        flash(image, card, allow_regular_file=True, progress=False)
+        flash(image, card, allow_regular_file=True, progress=False, yes=True)
+
+
+# ------------------------------------------------------------------ board and confirmation
+
+
+def test_qemu_image_refused_for_a_tf_card_unless_forced(tmp_path):
+    img = tmp_path / "qemu-virt-64m.img"
+    img.write_bytes(os.urandom(MIB))
+    _manifest(img, board="qemu-virt")
+    card = _card(tmp_path, 2 * MIB)
+    with pytest.raises(FlashError, match="built for qemu-virt .*cannot boot.*--force"):
+        flash(img, card, allow_regular_file=True, progress=False, yes=True)
+    assert card.read_bytes() == b"\xff" * (2 * MIB)
+    flash(img, card, allow_regular_file=True, progress=False, yes=True, force=True)
+    assert card.read_bytes()[:MIB] == img.read_bytes()
+
+
+def test_old_manifest_without_board_judged_by_its_base(tmp_path):
+    img = tmp_path / "qemu-virt-64m.img"
+    img.write_bytes(os.urandom(MIB))
+    path = _manifest(img, board="qemu-virt")
+    data = json.loads(path.read_text())
+    del data["board"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(FlashError, match="built for qemu-virt"):
+        flash(img, _card(tmp_path, 2 * MIB), allow_regular_file=True, progress=False, yes=True)
+
+
+def test_image_without_manifest_or_changed_since_refused(tmp_path):
+    img = tmp_path / "other.img"
+    img.write_bytes(os.urandom(MIB))
+    card = _card(tmp_path, 2 * MIB)
+    with pytest.raises(FlashError, match="no manifest beside it .*--force"):
+        flash(img, card, allow_regular_file=True, progress=False, yes=True)
+    _manifest(img)
+    img.write_bytes(os.urandom(MIB + 1))
+    with pytest.raises(FlashError, match="changed after it was built"):
+        flash(img, card, allow_regular_file=True, progress=False, yes=True)
+    assert card.read_bytes() == b"\xff" * (2 * MIB)
+
+
+def test_asks_with_the_device_and_writes_only_on_yes(image, tmp_path):
+    card = _card(tmp_path, 16 * MIB)
+    asked = []
+
+    def answer(reply: str):
+        return lambda question: asked.append(question) or reply
+
+    with pytest.raises(FlashError, match="not written"):
+        flash(image, card, allow_regular_file=True, progress=False, ask=answer("no"))
+    assert card.read_bytes() == b"\xff" * (16 * MIB)
+    assert "duo.img (duo for milkv-duo, 9 MiB)" in asked[0]
+    assert f"{card}: a regular file, 0.0 GB ({16 * MIB} bytes)" in asked[0]
+    flash(image, card, allow_regular_file=True, progress=False, ask=answer("yes\n"))
+    assert card.read_bytes()[: image.stat().st_size] == image.read_bytes()
+
+
+def test_without_a_terminal_it_asks_for_yes(image, tmp_path):
+    card = _card(tmp_path, 16 * MIB)
+    with pytest.raises(FlashError, match="no terminal to confirm on.*--yes"):
+        flash(image, card, allow_regular_file=True, progress=False)  # pytest's stdin
+    assert card.read_bytes() == b"\xff" * (16 * MIB)
+
+
+def test_flash_task_refuses_the_qemu_image_in_one_line(tmp_path):
+    """The real task: one line, nothing written."""
+    img = tmp_path / "qemu-virt-64m.img"
+    img.write_bytes(os.urandom(MIB))
+    _manifest(img, board="qemu-virt")
+    p = subprocess.run(
+        [sys.executable, "-m", "invoke", "flash", str(img), str(tmp_path / "card.bin")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).parents[1],
+    )
+    assert p.returncode == 1
+    assert p.stderr.strip().startswith("error: ") and "built for qemu-virt" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # ------------------------------------------------------------------ refusal rules

@@ -45,10 +45,11 @@ def test_offline_recipe_in_the_container_without_engine_says_so(tmp_path, monkey
         image.build("qemu-virt-64m", out_dir=tmp_path, where="container")
 
 
-def test_remaster_recipe_refuses_an_unpinned_base():
+def test_remaster_recipe_without_base_image_says_how():
     r = invoke("image", "--recipe", "duo-64m-remaster")
     assert r.returncode == 1
-    assert "sha256 is not pinned" in r.stderr and "duo-64m-remaster.yaml" in r.stderr
+    assert "sha256 is empty" in r.stderr and "duo-64m-remaster.yaml" in r.stderr
+    assert "--base-image PATH" in r.stderr
 
 
 def test_unknown_recipe():

@@ -23,15 +23,25 @@ def recipe_payload(name: str, tmp_path: Path) -> payload.Payload:
         (built / program).write_bytes(f"{program} for {r.engine_target}".encode())
     for stand_in in (f"{name}-model.bin", f"{name}-tokenizer.bin"):
         (tmp_path / stand_in).write_bytes(stand_in.encode())
-    has_storyteller = "storyteller" in engine.target(r.engine_target).programs
+    assert "storyteller" in engine.target(r.engine_target).programs
     products = payload.Products(
         llama2=built / "llama2",
-        storyteller=built / "storyteller" if has_storyteller else None,
+        storyteller=built / "storyteller",
         model=tmp_path / f"{name}-model.bin",
         tokenizer=tmp_path / f"{name}-tokenizer.bin",
-        storyteller_missing="" if has_storyteller else "not built for this target",
+        data=stand_in_data(tmp_path),
     )
     return payload.declare(payload.settings(r), products)
+
+
+def stand_in_data(tmp_path: Path) -> Path:
+    """A data tree laid out like payload_libs' (tests/test_static_payload.py has the real)."""
+    data = tmp_path / "data"
+    for rel in ("espeak-ng-data/en_dict", "en-us/mdef", "alsa/alsa.conf"):
+        f = data / "usr/share/storyteller" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(rel.encode())
+    return data
 
 
 def test_every_recipe_declares_the_same_payload(tmp_path):
@@ -40,6 +50,9 @@ def test_every_recipe_declares_the_same_payload(tmp_path):
     assert listings["duo-64m"] == listings["qemu-virt-64m"]
     assert listings["duo-64m-remaster"] == listings["qemu-virt-64m"]
     assert dict(listings["qemu-virt-64m"]) == {
+        "/usr/share/storyteller/espeak-ng-data/en_dict": 0o644,
+        "/usr/share/storyteller/en-us/mdef": 0o644,
+        "/usr/share/storyteller/alsa/alsa.conf": 0o644,
         "/usr/bin/llama2": 0o755,
         "/usr/bin/storyteller": 0o755,
         "/usr/share/storyteller/model.bin": 0o644,

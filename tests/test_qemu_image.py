@@ -5,6 +5,7 @@ The guest tells one story from a prompt on the kernel command line, speaks it wi
 into a WAV on a second disk, reports its memory and powers off. Slow (the kernel takes
 minutes once, then comes from build/cache): deselect with `-m "not slow"`."""
 
+import base64
 import re
 import subprocess
 import wave
@@ -108,8 +109,11 @@ def test_guest_is_ready_and_tells_the_story(booted, host_story):
     assert "storyteller: ready" in booted.console
     assert booted.exit_status == 0, booted.console[-3000:]
     assert booted.story is not None, f"no story.txt on the results disk: {booted.files}"
-    # the requested length (and the very same tokens) as the host engine's reference path
-    assert booted.story.strip() == host_story.strip()
+    # the very same tokens as the host engine's reference path for the requested length,
+    # then the last sentence finished (the storyteller never stops mid-sentence)
+    guest, host = booted.story.strip(), host_story.strip()
+    assert guest.startswith(host), (guest[-100:], host[-100:])
+    assert guest == host or re.search(r"[.!?][\"']?$", guest), guest[-100:]
     assert len(booted.story.split()) > 30
 
 
@@ -119,7 +123,8 @@ def test_generation_speed_is_reported(booted, guest_storyteller):
     else:
         m = re.search(r"storyteller: generation: ([0-9.]+) tok/s \((\d+) tokens\)", booted.console)
         assert m, booted.console[-2000:]
-        assert float(m[1]) > 0 and int(m[2]) == STEPS
+        # the steps asked for, and up to 48 more that finish the last sentence
+        assert float(m[1]) > 0 and STEPS <= int(m[2]) <= STEPS + 48
         assert re.search(r"storyteller: memory: peak RSS [0-9.]+ MB", booted.console)
 
 
@@ -199,8 +204,9 @@ def test_image_defaults_start_a_story_without_a_prompt(image_inputs, qemu_kernel
     assert r.story is not None and r.story.startswith("The dog")
 
 
-def test_without_the_storyteller_llama2_and_espeak_ng_tell_it(image_inputs, qemu_kernel, tmp_path):
-    """S99storyteller's fallback for images without the storyteller binary."""
+def test_without_the_storyteller_llama2_tells_it(image_inputs, qemu_kernel, tmp_path):
+    """S99storyteller's fallback for images without the storyteller binary: llama2 writes
+    the story (the guest has no espeak-ng command to speak it: the payload is static)."""
     bare = image_inputs["payload"].without("/usr/bin/storyteller", "the fallback's test")
     img = qi.build_image(**{**image_inputs, "payload": bare}, out=tmp_path / "bare.img")
     assert "/usr/bin/storyteller" not in {f.path for f in img.files}
@@ -210,8 +216,6 @@ def test_without_the_storyteller_llama2_and_espeak_ng_tell_it(image_inputs, qemu
     assert "storyteller not installed" in r.console
     assert re.search(r"achieved tok/s: [0-9.]+", r.console)
     assert r.story is not None and r.story.startswith(PROMPT)
-    with wave.open(str(r.files["story.wav"])) as w:
-        assert w.getnframes() > w.getframerate()  # over a second of eSpeak's speech
 
 
 def test_every_audio_route_has_an_alsa_configuration():
@@ -230,8 +234,10 @@ def test_kernel_config_check_catches_dropped_settings():
 
 def test_prompt_goes_on_the_kernel_command_line():
     line = qi.kernel_command_line("A cat", steps=10, seed=3)
-    assert 'storyteller.prompt="A cat"' in line and "storyteller.steps=10" in line
+    assert "storyteller.prompt64=QSBjYXQ=" in line and "storyteller.steps=10" in line
     assert "root=/dev/vda" in line and "panic=-1" in line
-    for bad in ('say "hi"', "two\nlines", "x" * 600):
-        with pytest.raises(ValueError):
-            qi.kernel_command_line(bad)
+    for text in ('She said "hi"', "two\nlines", "it's $HOME; `x` \\ é"):
+        (arg,) = [a for a in qi.kernel_command_line(text).split() if "prompt64=" in a]
+        assert base64.b64decode(arg.split("=", 1)[1]).decode() == text
+    with pytest.raises(qi.QemuImageError, match="at most 512 bytes"):
+        qi.kernel_command_line("x" * 600)

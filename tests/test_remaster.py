@@ -30,6 +30,7 @@ from remaster_fixture import (
 )
 
 from duo_builder.build.hostdeps import HostDependencyError
+from duo_builder.errors import BuildError
 from duo_builder.image import fdt, fit
 from duo_builder.image.bases import remaster as rm
 from duo_builder.image.bases.remaster import RemasterError, remaster
@@ -406,3 +407,108 @@ def test_sparse_copy_keeps_bytes_and_hash(tmp_path):
     assert (tmp_path / "out.img").read_bytes() == src.read_bytes()
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest()
     assert os.stat(tmp_path / "out.img").st_blocks * 512 < 9 << 20  # 2 data chunks of 24 MiB
+
+
+# ------------------------------------------- invoke image --base-image (the release recipe)
+
+OFFICIAL = "milkv-duo-musl-riscv64-sd_v2.0.1.img"
+
+
+def _release_recipe(where: Path, sha256: str | None) -> Path:
+    """recipes/duo-64m-remaster.yaml with the bundled stories260K and the rv64gcv engine
+    (what CI has without the network), under `where`, with base.sha256 = `sha256`."""
+    import yaml
+
+    from duo_builder.paths import REPO
+
+    data = yaml.safe_load((REPO / "recipes" / "duo-64m-remaster.yaml").read_text())
+    data["base"]["sha256"] = sha256
+    data["model"] = {
+        "path": "models/stories260K.bin",
+        "sha256": "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696",
+        "tokenizer": "models/tok512.bin",
+        "tokenizer_sha256": "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312",
+        "format": "v0",
+    }
+    data["engine"] = {"target": "rv64gcv"}
+    data["image"]["size_mb"] = 64
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "duo-64m-remaster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def official_zip(tmp_path_factory) -> Path:
+    """The fixture, zipped under the official file names (room for the whole payload)."""
+    import zipfile
+
+    try:
+        fixture = build_release_image(tmp_path_factory.mktemp("official"), rootfs_mib=64)
+    except HostDependencyError as e:
+        pytest.skip(str(e))
+    path = fixture.image.parent / f"{OFFICIAL}.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(fixture.image, OFFICIAL)
+    return path
+
+
+def _invoke(*args: str):  # noqa: ANN202
+    import subprocess
+    import sys
+
+    from duo_builder.paths import REPO
+
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_unpinned_recipe_without_base_image_says_how(tmp_path):
+    from duo_builder.image import pipeline, recipe
+
+    r = recipe.load(str(_release_recipe(tmp_path, None)))
+    with pytest.raises(BuildError, match=r"sha256 is empty.*--base-image PATH"):
+        pipeline.build_here(r, tmp_path / "out")
+
+
+def test_base_image_contradicting_the_pin_is_refused_in_one_line(official_zip, tmp_path):
+    recipe_file = _release_recipe(tmp_path, "0" * 64)
+    done = _invoke("image", "--recipe", str(recipe_file), "--base-image", str(official_zip))
+    assert done.returncode == 1
+    assert re.fullmatch(
+        rf"error: --base-image {re.escape(str(official_zip))}: sha256 [0-9a-f]{{64}} contradicts "
+        r"the pin 0{64} in .*duo-64m-remaster.yaml \(base.sha256, of "
+        rf"{re.escape(OFFICIAL)}.zip\): give that file\n",
+        done.stderr,
+    ), done.stderr
+
+
+@pytest.mark.slow
+def test_base_image_given_and_pinned_by_what_was_given(official_zip, tmp_path):
+    """The tracked recipe's null pin: the given .img.zip is used as it is, its sha256
+    printed and recorded; the same file under a matching pin (of the zip or of the .img
+    inside) builds the same image."""
+    import json
+    import zipfile
+
+    from duo_builder.image import pipeline, recipe
+    from duo_builder.image.bases import release
+
+    digest = hashlib.sha256(official_zip.read_bytes()).hexdigest()
+    done = _invoke("image", "--recipe", str(_release_recipe(tmp_path, None)),
+                   "--base-image", str(official_zip))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"base image {official_zip} sha256 {digest} (pinned by what was given)" in done.stdout
+    image = Path(done.stdout.strip().splitlines()[-3])
+    manifest = json.loads(image.with_name("duo-64m-remaster.manifest.json").read_text())
+    assert manifest["base"]["sha256"] == digest
+    assert manifest["base"]["image"] == str(official_zip)
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"/usr/bin/llama2", "/usr/share/storyteller/model.bin"} <= paths
+    assert _parts(image).keys() == {1, 2, 3}
+
+    with zipfile.ZipFile(official_zip) as z:
+        inner = hashlib.sha256(z.read(OFFICIAL)).hexdigest()
+    pinned = recipe.load(str(_release_recipe(tmp_path / "p", inner)))
+    built = pipeline.build_here(release.with_base_image(pinned, official_zip), tmp_path / "o")
+    assert built.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()

@@ -158,13 +158,59 @@ def test_prompts_from_stdin(storyteller, tmp_path):
     assert r.stdout.count("\n") >= 2 and "The little dragon" in r.stdout
     assert "never read" not in r.stdout
     assert r.stderr.count("generation:") == 2
+    # one WAV per story, numbered, none overwritten (issue 13)
+    assert not wav.exists() and sorted(p.name for p in tmp_path.glob("s*.wav")) == [
+        "s-1.wav",
+        "s-2.wav",
+    ]
+    for n in (1, 2):
+        assert f"storyteller: wrote {tmp_path / f's-{n}.wav'}" in r.stderr
+        assert wav_stats(tmp_path / f"s-{n}.wav")[1] > 500
+
+
+@pytest.mark.parametrize(
+    "steps, seed, ending",
+    [(30, 1, "finished"), (30, 3, "finished"), (30, 5, "finished"), (512, 5, "dropped")],
+)
+def test_the_story_ends_with_a_whole_sentence(
+    storyteller, host_engine, tmp_path, steps, seed, ending
+):
+    """At the step budget run.c's llama2 stops mid-word; the storyteller says the same
+    story on to the end of its sentence (at most 48 more tokens), or, when the model's
+    context ends first (stories260K: 512), drops the unfinished sentence."""
+    wav = tmp_path / "s.wav"
+    args = ["--prompt", "Once upon a time", "--steps", str(steps), "--seed", str(seed)]
+    r = run(storyteller, base_args(tmp_path, *args, "--wav", str(wav)))
+    assert r.returncode == 0, r.stderr
+    cut = run(
+        host_engine,
+        [str(MODEL), "-z", str(TOK), "-n", str(steps), "-s", str(seed), "-t", "1.0", "-p", "0.9"]
+        + ["-i", "Once upon a time"],
+    ).stdout.strip()
+    story = r.stdout.strip()
+    assert not re.search(r"[.!?][\"']?$", cut), "this seed's story must stop mid-sentence"
+    finished = re.search(r"finished the last sentence in (\d+) more tokens", r.stderr)
+    assert bool(finished) == (ending == "finished"), r.stderr
+    if finished:
+        assert 1 <= int(finished[1]) <= 48
+        assert story.startswith(cut) and len(story) > len(cut)
+        assert re.search(r"[.!?][\"']?$", story), story[-40:]
+    else:
+        assert "dropped the unfinished last sentence" in r.stderr
+        assert story == cut  # printed as far as the context; its last sentence unspoken
+    spoken = int(re.search(r"\((\d+) sentences\)", r.stderr)[1])
+    assert spoken == len(re.findall(r"[.!?][\"']?(\s|$)", story)), (spoken, story)
 
 
 @pytest.mark.parametrize(
     "overrides,args,message",
     [
         ({"model": "/nonexistent/model.bin"}, [], "/nonexistent/model.bin"),
-        ({"tokenizer": str(MODELS / "tokenizer.bin")}, [], "wrong tokenizer"),
+        (
+            {"tokenizer": str(MODELS / "tokenizer.bin")},
+            [],
+            "wrong tokenizer for this model (pass the right one with --tokenizer)",
+        ),
         ({"voice": "klingon-xx"}, [], "no voice 'klingon-xx'"),
         ({}, ["--device", "hw:99,0"], "audio device 'hw:99,0'"),
         ({}, ["--speed", "fast"], "--speed"),
@@ -200,16 +246,20 @@ def test_missing_model_is_spoken(storyteller, tmp_path):
 
 
 def test_riscv64_build_speaks_under_qemu(rv64gcv_engine, storyteller, tmp_path, capsys):
-    """The RVV 1.0 build, dynamically linked against Debian sid's riscv64 espeak-ng,
-    pocketsphinx and alsa (Debian ships none of them static), run by qemu-riscv64 with the
-    toolchain chroot as its sysroot: the same spoken round trip as on the host."""
-    from duo_builder.build import engine
+    """The RVV 1.0 build, static with the payload's own espeak-ng, pocketsphinx and alsa
+    (duo_builder.build.payload_libs), run by qemu-riscv64 without a sysroot, reading the
+    payload's voice and acoustic model: the same spoken round trip as on the host."""
+    from duo_builder.build import engine, payload_libs
 
+    data = payload_libs.ensure().data
     binary = engine.binary("rv64gcv", "storyteller")
     runner = engine.runner("rv64gcv", "storyteller")
     request = espeak_wav(tmp_path, "tell me a story about a dragon")
     wav = tmp_path / "rv.wav"
-    r = run(binary, base_args(tmp_path, "--mic-wav", str(request), "--wav", str(wav)), runner)
+    args = base_args(tmp_path, "--mic-wav", str(request), "--wav", str(wav))
+    args += ["--espeak_data", str(data / payload_libs.ESPEAK_DATA.lstrip("/"))]
+    args += ["--asr_model", str(data / payload_libs.ASR_MODEL.lstrip("/"))]
+    r = run(binary, args, runner)
     assert 'heard "tell me a story about a dragon"' in r.stderr, r.stderr
     text = assert_spoken_story(r, wav, capsys)
     assert text.startswith("Once upon a time, there was a little dragon")
@@ -222,3 +272,101 @@ def test_dictionary_matches_the_grammar(storyteller):
     tool = ENGINE_SRC / "storyteller" / "make_dict.py"
     r = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_led_shows_thinking_speaking_idle_in_a_fake_sysfs(storyteller, tmp_path):
+    """led = led-user under STORYTELLER_SYSFS: its trigger is a FIFO, so every state the
+    storyteller writes is seen in order (a real LED keeps only the last)."""
+    import os
+    import threading
+
+    led = tmp_path / "sys/class/leds/led-user"
+    led.mkdir(parents=True)
+    (led / "brightness").write_text("0")
+    (led / "max_brightness").write_text("1\n")
+    os.mkfifo(led / "trigger")
+    writes: list[str] = []
+
+    def read_all() -> None:
+        while True:
+            with open(led / "trigger") as f:
+                text = f.read()
+            if text == "END":
+                return
+            writes.append(text)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        wav = tmp_path / "s.wav"
+        args = ["--prompt", "Once upon a time", "--steps", "40", "--led", "led-user"]
+        env = {**os.environ, "STORYTELLER_SYSFS": str(tmp_path / "sys")}
+        r = run(storyteller, base_args(tmp_path, *args, "--wav", str(wav)), env=env)
+    finally:
+        with open(led / "trigger", "w") as f:
+            f.write("END")
+        reader.join(timeout=10)
+    assert r.returncode == 0, r.stderr
+    states = [w for i, w in enumerate(writes) if i == 0 or w != writes[i - 1]]
+    assert states == ["timer", "heartbeat", "none"], writes
+    assert (led / "brightness").read_text() == "0"  # off when done
+
+
+def test_missing_led_is_one_line_and_the_story_goes_on(storyteller, tmp_path):
+    import os
+
+    wav = tmp_path / "s.wav"
+    env = {**os.environ, "STORYTELLER_SYSFS": str(tmp_path)}
+    args = ["--prompt", "Once upon a time", "--steps", "30", "--led", "led-user"]
+    r = run(storyteller, base_args(tmp_path, *args, "--wav", str(wav)), env=env)
+    assert r.returncode == 0, r.stderr
+    line = f"storyteller: LED 'led-user': {tmp_path}/class/leds/led-user/brightness and trigger"
+    assert line in r.stderr and "going on without the LED" in r.stderr
+    assert wav.stat().st_size > 10000
+    bad = run(storyteller, base_args(tmp_path, "--listen-sound", "loud"))
+    assert bad.returncode == 1 and "listen_sound must be on or off, got 'loud'" in bad.stderr
+
+
+def _chime(rate: int = 22050) -> np.ndarray:
+    """feedback_chime()'s two notes, computed here from its description."""
+    per, gap = int(rate * 0.09), int(rate * 0.02)
+    fade = per // 6
+    i = np.arange(per)
+    env = np.minimum(1.0, np.minimum(i / fade, (per - i) / fade))
+    notes = [np.rint(9000 * env * np.sin(2 * np.pi * f * i / rate)) for f in (880.0, 1318.5)]
+    return np.concatenate([notes[0], np.zeros(gap), notes[1]])
+
+
+@pytest.mark.parametrize("sound", ["on", "off"])
+def test_mic_loop_chimes_when_it_starts_listening(storyteller, tmp_path, sound):
+    """--mic for real through ALSA: the microphone is the `file` plugin reading a spoken
+    request, the speaker another writing what is played (each open starts the file anew:
+    after the story, the loop listens again, so the last thing played is the chime)."""
+    req = tmp_path / "req.raw"
+    subprocess.run(
+        ["sox", espeak_wav(tmp_path, "tell me a story about a dragon"), "-r", "16000", "-c", "1"]
+        + ["-b", "16", "-e", "signed", "-t", "raw", req, "pad", "0.5", "2"],
+        check=True,
+    )
+    played = tmp_path / "played.raw"
+    conf = tmp_path / "asound.conf"
+    conf.write_text(
+        f'pcm.story {{ type file slave {{ pcm {{ type null }} }} file "{played}" format "raw" }}\n'
+        f'pcm.mic {{ type file slave {{ pcm {{ type null }} }} file "/dev/null" infile "{req}" '
+        'format "raw" }\n'
+    )
+    args = ["--mic", "--device", "story", "--mic-device", "mic", "--listen-sound", sound]
+    r = run(
+        storyteller,
+        base_args(tmp_path, *args),
+        input="\n",  # Enter: speak; then end of input
+        env={"ALSA_CONFIG_PATH": str(conf), "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert 'heard "tell me a story about a dragon"' in r.stderr and "dragon" in r.stdout
+    pcm = np.frombuffer(played.read_bytes(), dtype="<i2").astype(np.float64)
+    want = _chime()
+    if sound == "on":
+        assert len(pcm) == len(want) and np.max(np.abs(pcm - want)) <= 1
+    else:
+        assert len(pcm) > 5 * len(want)  # the story's speech, no chime after it

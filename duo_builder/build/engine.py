@@ -2,7 +2,10 @@
 
 Host targets build with the host's compiler. RISC-V targets build inside the Debian sid
 toolchain chroot (duo_builder.build.toolchain: gcc 15, the only gcc that compiles the C906's
-XTheadVector soundly) and run under qemu-riscv64-static where QEMU can emulate them."""
+XTheadVector soundly) and run under qemu-riscv64-static where QEMU can emulate them. Every
+riscv64 program is linked statically: the storyteller against the alsa-lib, espeak-ng and
+pocketsphinx built from pinned sources (duo_builder.build.payload_libs), so the same
+binaries run on any image (Debian's glibc, the Duo's musl) without a library of theirs."""
 
 import hashlib
 import os
@@ -11,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from duo_builder.build import toolchain
+from duo_builder.build import payload_libs, toolchain
 from duo_builder.build.hostdeps import HostDependencyError, ensure_packages
 from duo_builder.errors import BuildError, run
 from duo_builder.paths import BUILD, ENGINE_SRC, REPO
@@ -44,7 +47,9 @@ class Target:
     about: str = ""
 
 
-SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
+# gcc leaves float-cast-overflow out of "undefined" (clang does not): a NaN -> int8
+# conversion (issue 14, D1) went unreported without it
+SANITIZE = "-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all"
 STORYTELLER = ("llama2", "storyteller", "fidelity")
 # What a host build of the storyteller compiles against (Debian packages)
 STORYTELLER_HOST_PACKAGES = (
@@ -73,18 +78,19 @@ def _riscv(
     programs: tuple[str, ...] = ("llama2",),
     kernels: str = "portable",
 ) -> Target:
-    """A riscv64 target: gcc 15 in the toolchain chroot, llama2 linked statically (the
-    storyteller, when built, links sid's riscv64 espeak-ng/pocketsphinx/alsa dynamically:
-    Debian ships no static pocketsphinx or alsa)."""
+    """A riscv64 target: gcc 15 in the toolchain chroot, every program linked statically
+    (the storyteller against payload_libs' static alsa-lib, espeak-ng and pocketsphinx,
+    which pkg-config finds there alone)."""
     return Target(
         name,
         cc=toolchain.GCC,
         cflags=" ".join(f for f in ("-O3", f"-march={march}", tune, RV64_ABI) if f),
+        ldflags="-static",
         static_ldflags="-static",
         programs=programs,
         kernels=kernels,
         ar=toolchain.AR,
-        pkg_config=toolchain.PKG_CONFIG,
+        pkg_config=f"{toolchain.PKG_CONFIG} --static",
         chroot=True,
         qemu=qemu,
         no_runner=no_runner,
@@ -115,18 +121,20 @@ TARGETS: dict[str, Target] = {
             qemu="rv64gcv",
             programs=("llama2", "storyteller"),
             kernels="rvv",
-            about="riscv64 with RVV 1.0 and Zfh (llama2 static, storyteller dynamic)",
+            about="riscv64 with RVV 1.0 and Zfh (static llama2 and storyteller)",
         ),
         _riscv(
             "c906",
             C906_MARCH,
             tune="-mtune=thead-c906",
             kernels="rvv",
+            programs=("llama2", "storyteller"),
             no_runner=(
                 "no Debian QEMU runs XTheadVector (the C906's pre-ratification RVV 0.7.1): "
                 "run build/c906/llama2 on the Milk-V Duo itself"
             ),
-            about="Milk-V Duo's T-Head C906, XTheadVector + T-Head extensions (static)",
+            about="Milk-V Duo's T-Head C906, XTheadVector + T-Head extensions (static "
+            "llama2 and storyteller)",
         ),
     )
 }
@@ -148,8 +156,8 @@ def binary(name: str = "host", program: str = "llama2") -> Path:
 
 def runner(name: str, program: str = "llama2") -> list[str]:
     """The command prefix that runs target `name`'s programs on this machine: [] for host
-    targets, qemu-riscv64-static for riscv64 ones (with the toolchain chroot as sysroot for
-    the dynamically linked storyteller). EngineError when nothing here can run them."""
+    targets, qemu-riscv64-static for riscv64 ones (all static: no sysroot). EngineError
+    when nothing here can run them."""
     return _runner(target(name), program)
 
 
@@ -159,7 +167,7 @@ def _runner(t: Target, program: str) -> list[str]:
     if not t.qemu:
         return []
     try:
-        return toolchain.qemu_command(t.qemu, dynamic=program != "llama2")
+        return toolchain.qemu_command(t.qemu)
     except toolchain.ToolchainError as e:
         raise EngineError(str(e)) from None
 
@@ -224,6 +232,14 @@ def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
         raise EngineError(
             f"building the engine for {t.name!r} needs the riscv64 toolchain: {e}"
         ) from None
+    env: dict[str, str] = {}
+    if "storyteller" in t.programs:
+        try:
+            libs = payload_libs.ensure()
+        except toolchain.ToolchainError as e:
+            raise EngineError(f"building the storyteller for {t.name!r}: {e}") from None
+        env = libs.pkg_config_env()
+        _relink_when_libs_change(t, libs.key)
     cmd = _make_command(t, jobs)
     # The C tests are riscv64 programs: build them in the chroot, run them under QEMU here
     checks = ["test_engine"] + (
@@ -232,7 +248,7 @@ def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
     if check:
         cmd += [str(binary(t.name, c)) for c in checks]
     try:
-        result = toolchain.run_in_chroot(cmd, cwd_in_repo=REPO)
+        result = toolchain.run_in_chroot(cmd, cwd_in_repo=REPO, env=env)
     except toolchain.ToolchainError as e:
         raise EngineError(f"building the engine for {t.name!r} failed: {e}") from None
     if result.returncode != 0:
@@ -246,6 +262,20 @@ def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
             run([*prefix, binary(t.name, c)], what=f"the {t.name!r} engine's C test {c}",
                 error=EngineError)  # fmt: skip
     return binary(t.name)
+
+
+def _relink_when_libs_change(t: Target, key: str) -> None:
+    """make does not see the payload libraries change (their directory is keyed by their
+    inputs): drop the storyteller's objects and binary when the key differs from the last
+    build's, so the next make compiles against the new headers and relinks."""
+    stamp = build_dir(t.name) / ".payload-libs"
+    if stamp.exists() and stamp.read_text().strip() == key:
+        return
+    shutil.rmtree(build_dir(t.name) / "obj" / "storyteller", ignore_errors=True)
+    for program in ("storyteller", "test_storyteller", "test_prompts"):
+        (build_dir(t.name) / program).unlink(missing_ok=True)
+    build_dir(t.name).mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
 
 
 def _tail(result: subprocess.CompletedProcess, lines: int = 25) -> str:

@@ -2,9 +2,9 @@
 
 Only gcc >= 15 compiles the C906's XTheadVector soundly, and Debian ships it only in sid
 (`gcc-15-riscv64-linux-gnu`), built against sid's glibc, so it runs in a chroot made once
-under build/toolchains/. The same chroot gives RVV 1.0 builds, riscv64 multiarch -dev
-packages for the storyteller (espeak-ng, pocketsphinx, alsa) and, as a sysroot, the
-libraries dynamically linked riscv64 programs need under `qemu-riscv64-static -L`.
+under build/toolchains/. The same chroot gives RVV 1.0 builds and builds the storyteller's
+libraries from pinned sources (duo_builder.build.payload_libs): every riscv64 program we
+make is static, so none needs this chroot as a sysroot to run.
 
 Commands run in the chroot inside a private mount namespace (`unshare --mount`), with the
 repository bind-mounted at its own absolute path: build outputs land in the real build/
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from duo_builder.build.hostdeps import HostDependencyError, ensure_commands
 from duo_builder.errors import BuildError
-from duo_builder.fsutil import atomic_writer, exclusive_lock
+from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
 from duo_builder.paths import BUILD, REPO
 
 MIRROR = "http://deb.debian.org/debian"
@@ -39,6 +39,21 @@ LOG = TOOLCHAINS / f"{NAME}.log"
 LOCK = TOOLCHAINS / f"{NAME}.lock"
 DEBOOTSTRAP = "/usr/sbin/debootstrap"
 MADE_STAMP = "etc/duo-builder-made"  # in the chroot: when it was made (UTC)
+# The chroot's check on every use: the sha256 of its key files, recorded when it was made.
+# Hashing all 22,000 files (700 MB) would cost seconds on every build; these are what
+# every riscv64 build runs or links (compiler, assembler, linker, C library, start files).
+VERIFIED = TOOLCHAINS / f"{NAME}.sha256.json"
+KEY_FILES = (
+    "usr/bin/riscv64-linux-gnu-gcc-15",
+    "usr/libexec/gcc-cross/riscv64-linux-gnu/15/cc1",
+    "usr/libexec/gcc-cross/riscv64-linux-gnu/15/collect2",
+    "usr/bin/riscv64-linux-gnu-as",
+    "usr/bin/riscv64-linux-gnu-ld.bfd",
+    "usr/riscv64-linux-gnu/lib/libc.so.6",
+    "usr/riscv64-linux-gnu/lib/crt1.o",
+    "usr/lib/riscv64-linux-gnu/libc.so.6",
+    "usr/lib/riscv64-linux-gnu/ld-linux-riscv64-lp64d.so.1",
+)
 QEMU = "qemu-riscv64-static"
 
 GCC = "riscv64-linux-gnu-gcc-15"
@@ -51,11 +66,22 @@ BASE_PACKAGES = ("gcc-15-riscv64-linux-gnu", "libc6-dev-riscv64-cross", "make", 
 # Installed with apt once riscv64 is a foreign architecture in the chroot
 RISCV64_PACKAGES = (
     "pkgconf:riscv64",  # provides riscv64-linux-gnu-pkg-config (with the riscv64 search path)
-    "libespeak-ng-dev:riscv64",
-    "libpocketsphinx-dev:riscv64",
-    "libasound2-dev:riscv64",
-    "espeak-ng-data:riscv64",
-    "pocketsphinx-en-us",
+)
+# What building the payload's libraries from source needs (duo_builder.build.payload_libs):
+# alsa-lib's configure, espeak-ng's autotools and a native gcc for its data, pocketsphinx's
+# CMake. Installed with the chroot, or on first use into an older one.
+PAYLOAD_BUILD_PACKAGES = (
+    "gcc-15",
+    # espeak-ng's configure insists on working C++ compilers, though none is used here
+    "g++-15",
+    "g++-15-riscv64-linux-gnu",
+    "libc6-dev",
+    "autoconf",
+    "automake",
+    "libtool",
+    "cmake",
+    "bzip2",
+    "xz-utils",
 )
 # What the manifest records (dpkg-query names; the architecture is part of the name)
 KEY_PACKAGES = (
@@ -66,11 +92,11 @@ KEY_PACKAGES = (
     "libc6:riscv64",
     "make",
     "pkgconf",
-    "libespeak-ng-dev:riscv64",
-    "espeak-ng-data:riscv64",
-    "libpocketsphinx-dev:riscv64",
-    "pocketsphinx-en-us",
-    "libasound2-dev:riscv64",
+    "gcc-15",
+    "cmake",
+    "autoconf",
+    "automake",
+    "libtool",
 )
 
 APT_CONF = """\
@@ -118,13 +144,17 @@ def ensure_sid_chroot(progress: bool = True) -> Path:
     """The sid riscv64 toolchain chroot (build/toolchains/sid-riscv64/), made on first use.
 
     Made in a temporary directory and renamed into place only when complete, under a lock
-    so concurrent callers wait for one another; returns the chroot's root."""
-    if ROOT.is_dir():
+    so concurrent callers wait for one another; returns the chroot's root. Its key files
+    are checked against the sha256 recorded when it was made (once a process): a mismatch
+    says so in one line and makes it again."""
+    if ROOT.is_dir() and _verified(ROOT):
         if not MANIFEST.exists():
             _write_manifest(ROOT)
         return ROOT
     TOOLCHAINS.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(LOCK):
+        if ROOT.is_dir() and not _verified(ROOT):
+            _discard(ROOT)
         if ROOT.is_dir():  # made by another process while we waited
             if not MANIFEST.exists():
                 _write_manifest(ROOT)
@@ -134,7 +164,8 @@ def ensure_sid_chroot(progress: bool = True) -> Path:
 
 
 def sysroot() -> Path:
-    """The chroot's root: a riscv64 sysroot (`qemu-riscv64-static -L`) for dynamic programs."""
+    """The chroot's root: a riscv64 sysroot (`qemu-riscv64-static -L`) for dynamic programs
+    (glibc's own, e.g. a test of a dynamically linked program; ours are all static)."""
     return ensure_sid_chroot()
 
 
@@ -154,6 +185,28 @@ def run_in_chroot(
     if cwd != REPO and REPO not in cwd.parents:
         raise ToolchainError(f"run_in_chroot: {cwd} is not inside the repository {REPO}")
     return _run_in(root, argv, cwd=cwd, env=env, capture_output=capture_output, timeout=timeout)
+
+
+def ensure_chroot_packages(packages: Sequence[str]) -> None:
+    """Install those of `packages` the chroot lacks (a chroot made before they were needed)."""
+    root = ensure_sid_chroot()
+    fmt = "${Package}\t${db:Status-Abbrev}\n"
+    listing = _run_in(root, ["dpkg-query", "-W", "-f", fmt, *packages], cwd=None).stdout
+    have = {
+        n for n, _, s in (line.partition("\t") for line in listing.splitlines()) if s[:2] == "ii"
+    }
+    missing = [p for p in packages if p.split(":")[0] not in have]
+    if not missing:
+        return
+    with exclusive_lock(LOCK):
+        print(f"toolchain: installing {' '.join(missing)} into {root}", file=sys.stderr)
+        for what, argv in (
+            ("apt-get update", ["apt-get", "-q", "update"]),
+            ("apt-get install", ["apt-get", "-q", "-y", "install", *missing]),
+            ("apt-get clean", ["apt-get", "clean"]),
+        ):
+            _logged_in(root, what, argv)
+    _write_manifest(root)
 
 
 def qemu_command(target: str, *, dynamic: bool = False) -> list[str]:
@@ -179,6 +232,63 @@ def manifest() -> dict:
     """The chroot's manifest (key package versions, when made), making the chroot if needed."""
     ensure_sid_chroot()
     return json.loads(MANIFEST.read_text())
+
+
+# --- checking the chroot -------------------------------------------------------------------
+
+_checked: dict[str, bool] = {}  # stamp text -> verdict, so a process hashes the files once
+
+
+def key_file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of each of KEY_FILES present in `root` (by path in the chroot)."""
+    return {rel: sha256_file(root / rel) for rel in KEY_FILES if (root / rel).is_file()}
+
+
+def record_hashes(root: Path = ROOT) -> None:
+    """Record the chroot's key-file hashes (when made; call again after changing it)."""
+    with atomic_writer(VERIFIED) as f:
+        f.write((json.dumps(key_file_hashes(root), indent=2) + "\n").encode())
+    _checked.clear()
+
+
+def _verified(root: Path) -> bool:
+    """Whether the chroot's key files still have the hashes recorded when it was made; a
+    chroot made before hashes were kept has them recorded now."""
+    try:
+        stamp = VERIFIED.read_text()
+    except FileNotFoundError:
+        print(f"toolchain: recording the sha256 of {root}'s key files", file=sys.stderr)
+        record_hashes(root)
+        return True
+    if stamp in _checked:
+        return _checked[stamp]
+    try:
+        recorded = json.loads(stamp)
+    except ValueError:
+        recorded = {}
+    actual = key_file_hashes(root)
+    changed = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+    if not recorded:
+        changed = [VERIFIED.name]
+    if changed:
+        print(
+            f"toolchain: {root}/{changed[0]} does not match the sha256 recorded when the "
+            f"chroot was made ({len(changed)} file(s) differ): making it again",
+            file=sys.stderr,
+            flush=True,
+        )
+    _checked[stamp] = not changed
+    return not changed
+
+
+def _discard(root: Path) -> None:
+    """Move a damaged chroot aside under a temporary name (removed by the next make)."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{NAME}.", suffix=".tmp", dir=TOOLCHAINS))
+    os.rename(root, aside / "root")
+    VERIFIED.unlink(missing_ok=True)
+    MANIFEST.unlink(missing_ok=True)
+    shutil.rmtree(aside, ignore_errors=True)
+    _checked.clear()
 
 
 # --- making the chroot --------------------------------------------------------------------
@@ -230,21 +340,22 @@ def _make_chroot(progress: bool) -> None:
         (tmp / "etc/apt/apt.conf.d/99duo-builder").write_text(APT_CONF)
         with contextlib.suppress(OSError):
             shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
-        say("riscv64 multiarch packages (espeak-ng, pocketsphinx, alsa)")
+        say("riscv64 pkg-config and the payload libraries' build tools")
         _logged_in(tmp, "dpkg --add-architecture", ["dpkg", "--add-architecture", "riscv64"])
         _logged_in(tmp, "apt-get update", ["apt-get", "-q", "update"])
-        install = ["apt-get", "-q", "-y", "install", *RISCV64_PACKAGES]
+        install = ["apt-get", "-q", "-y", "install", *RISCV64_PACKAGES, *PAYLOAD_BUILD_PACKAGES]
         _logged_in(tmp, "apt-get install", install)
         _logged_in(tmp, "apt-get clean", ["apt-get", "clean"])
         _ensure_cross_pkg_config(tmp)
         for what, argv in (
             ("compiler check", [GCC, "--version"]),
             ("archiver check", [AR, "--version"]),
-            ("pkg-config check", [PKG_CONFIG, "--libs", "espeak-ng", "pocketsphinx", "alsa"]),
+            ("pkg-config check", [PKG_CONFIG, "--version"]),
         ):
             _logged_in(tmp, what, argv)
         (tmp / MADE_STAMP).write_text(_now() + "\n")
         _write_manifest(tmp)
+        record_hashes(tmp)
         os.rename(tmp, ROOT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,16 +3,22 @@
 Refused: a device that does not exist or is not a block device (regular files only with
 allow_regular_file, for tests), a partition instead of a whole disk, the disk holding
 / or /boot, a disk with any partition mounted, used as swap or held by device-mapper/RAID,
-and a card smaller than the image. The image is written in 4 MiB chunks, fsync'ed, the
-cached pages dropped, then read back from the device and compared by sha256.
+and a card smaller than the image. Before anything is written the image's manifest
+(out/<recipe>.manifest.json beside out/<recipe>.img) must say it was made for the board
+(the QEMU image cannot boot a Duo; force=True overrides), and the device's model and size
+are shown and confirmed (yes=True skips the question). The image is written in 4 MiB
+chunks, fsync'ed, the cached pages dropped, then read back from the device and compared
+by sha256.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from tqdm import tqdm
 from duo_builder.errors import BuildError
 
 CHUNK = 4 << 20
+BOARD = "milkv-duo"  # what a TF card written here boots
 SYS_BLOCK = Path("/sys/dev/block")
 _GUARDED = ("/", "/boot")  # mount points whose disk is the running system
 
@@ -156,6 +163,95 @@ def _target_size(device: Path, allow_regular_file: bool) -> tuple[int, bool]:
     )
 
 
+# ------------------------------------------------------------------ what and where
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    recipe: str
+    board: str
+    manifest: Path | None
+
+
+def manifest_path(image: Path) -> Path:
+    """out/<recipe>.manifest.json for out/<recipe>.img."""
+    stem = image.name[: -len(".img")] if image.name.endswith(".img") else image.name
+    return image.with_name(f"{stem}.manifest.json")
+
+
+def image_info(image: Path) -> ImageInfo | None:
+    """The recipe and board the image was built for, from its manifest; None without one."""
+    path = manifest_path(image)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        recipe = str(data["recipe"])
+        # manifests written before "board" was recorded: a debian base is the QEMU image
+        board = data.get("board") or ("qemu-virt" if data["base"]["kind"] == "debian" else BOARD)
+        size = data.get("image", {}).get("size")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = f"{path}: not a readable image manifest ({e}); rebuild the image"
+        raise FlashError(why) from None
+    if size is not None and size != image.stat().st_size:
+        raise FlashError(
+            f"{path} describes a {size}-byte image but {image} has {image.stat().st_size} "
+            "bytes: the image was changed after it was built; rebuild it (`invoke image`)"
+        )
+    return ImageInfo(recipe, str(board), path)
+
+
+def check_board(image: Path, info: ImageInfo | None, force: bool) -> None:
+    """Refuse an image made for another board, or one without a manifest, unless forced."""
+    if force:
+        return
+    if info is None:
+        raise FlashError(
+            f"{image}: no manifest beside it ({manifest_path(image).name}), so nothing says it "
+            f"boots a {BOARD}; build it with `invoke image`, or pass --force to write it anyway"
+        )
+    if info.board != BOARD:
+        raise FlashError(
+            f"{image} was built for {info.board} (recipe {info.recipe}), not a {BOARD}: it "
+            "cannot boot the board (`invoke recipes` lists the Duo ones, e.g. duo-64m); "
+            "--force writes it anyway"
+        )
+
+
+def describe_device(device: Path, capacity: int, block: bool) -> str:
+    """What the user is about to overwrite: vendor, model and size from sysfs."""
+    size = f"{capacity / 1e9:.1f} GB ({capacity} bytes)"
+    if not block:
+        return f"{device}: a regular file, {size}"
+    node = _sysfs(os.stat(device).st_rdev)
+    words = []
+    for field in ("vendor", "model", "name"):  # name: SD cards in a native mmc slot
+        text = _read(str(node / "device" / field)).strip() if node else ""
+        if text and text not in words:
+            words.append(text)
+    removable = _read(str(node / "removable")).strip() == "1" if node else False
+    what = " ".join(words) or "unknown model"
+    return f"{device}: {what}, {size}{', removable' if removable else ''}"
+
+
+def _ask_terminal(question: str) -> str:
+    if not sys.stdin.isatty():
+        raise FlashError("no terminal to confirm on: check the device, then pass --yes")
+    return input(question)
+
+
+def confirm(
+    image: Path, info: ImageInfo | None, device_line: str, ask: Callable[[str], str]
+) -> None:
+    what = f"{info.recipe} for {info.board}" if info else "no manifest"
+    answer = ask(
+        f"write {image.name} ({what}, {image.stat().st_size / 2**20:.0f} MiB) to\n"
+        f"  {device_line}\nEverything on it will be lost. Type yes to continue: "
+    )
+    if answer.strip().lower() != "yes":
+        raise FlashError(f"{device_line.split(':')[0]}: not written (answer was not yes)")
+
+
 # ------------------------------------------------------------------ writing
 
 
@@ -220,12 +316,23 @@ def _read_back(device: Path, size: int, progress: bool) -> str:
 
 
 def flash(
-    image: Path, device: Path, *, progress: bool = True, allow_regular_file: bool = False
+    image: Path,
+    device: Path,
+    *,
+    progress: bool = True,
+    allow_regular_file: bool = False,
+    force: bool = False,
+    yes: bool = False,
+    ask: Callable[[str], str] = _ask_terminal,
 ) -> str:
-    """Write `image` to the whole-disk `device`, verify by reading back; return its sha256."""
+    """Write `image` to the whole-disk `device`, verify by reading back; return its sha256.
+    The image must be made for the board (its manifest) unless `force`; the device is shown
+    and `ask` must answer "yes" unless `yes`."""
     image, device = Path(image), Path(os.path.realpath(device))  # by-id links -> /dev/sdX
     if not image.is_file():
         raise FlashError(f"image {image} does not exist")
+    info = image_info(image)
+    check_board(image, info, force)
     size = image.stat().st_size
     capacity, block = _target_size(device, allow_regular_file)
     if size > capacity:
@@ -233,6 +340,11 @@ def flash(
             f"{device} holds {capacity} bytes but {image.name} needs {size} "
             f"({size - capacity} more); use a card of at least {-(-size // (1 << 30))} GiB"
         )
+    line = describe_device(device, capacity, block)
+    if yes:
+        print(f"writing {image.name} to {line}", file=sys.stderr)
+    else:
+        confirm(image, info, line, ask)
     fd = _open_target(device, block)
     try:
         written = _write(image, fd, size, progress, device.name)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from duo_builder.build import payload_libs
 from duo_builder.fsutil import atomic_writer, sha256_file
 from duo_builder.image import recipe
 from duo_builder.paths import REPO
@@ -85,6 +86,7 @@ def write(r: recipe.Recipe, made: Made) -> Path:
     image = made.image
     data = {
         "recipe": r.name,
+        "board": r.board,  # `invoke flash` refuses an image made for another board
         "recipe_sha256": sha256_file(r.source),
         "builder": builder_revision(),
         "built_in": built_in(made.builder),
@@ -96,6 +98,7 @@ def write(r: recipe.Recipe, made: Made) -> Path:
         "engine": {"target": r.engine_target, "cflags": r.engine_cflags},
         "model": vars(r.model),
         "base": vars(r.base),
+        "payload_sources": payload_libs.recorded(),
         **made.extra,
     }
     path = image.with_name(f"{r.name}.manifest.json")

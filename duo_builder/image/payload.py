@@ -2,6 +2,9 @@
 
     /usr/bin/llama2                      0755  the engine, built for the recipe's target
     /usr/bin/storyteller                 0755  the robot (listen, tell, speak), same target
+    /usr/share/storyteller/espeak-ng-data/...  0644  eSpeak NG's data: the recipes' voices
+    /usr/share/storyteller/en-us/...     0644  PocketSphinx's en-us acoustic model (7 files)
+    /usr/share/storyteller/alsa/...      0644  alsa-lib's configuration (alsa.conf, pcm/...)
     /usr/share/storyteller/model.bin     0644  the recipe's model, in its format
     /usr/share/storyteller/tokenizer.bin 0644  its tokenizer
     /usr/share/storyteller/story.dict    0644  the recognizer's dictionary (voice input)
@@ -9,6 +12,11 @@
     /etc/default/storyteller             0644  the recipe's autostart, read by S99storyteller
     /etc/init.d/S99storyteller           0755  starts it at boot (overlay/etc/init.d/)
     /etc/asound.conf                     0644  overlay/etc/asound.conf.<the recipe's audio>
+
+Both programs are static (duo_builder.build.engine, payload_libs): they carry their own
+glibc, alsa-lib, espeak-ng and pocketsphinx and read their data only from the paths above,
+so the very files the QEMU boot test exercises (rv64gcv) are, but for the engine's ISA
+(c906 on the Duo), what every image holds, whatever its base's libc and libraries.
 
 The paths and modes are the same for every recipe; the contents follow the recipe. A file
 can be declared without a source when this machine cannot make it for the target (see
@@ -24,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from duo_builder.build import engine
+from duo_builder.build import engine, payload_libs
 from duo_builder.errors import BuildError
 from duo_builder.fsutil import atomic_writer, sha256_file
 from duo_builder.image.recipe import Recipe
@@ -115,20 +123,30 @@ class Settings:
 
 @dataclass(frozen=True)
 class Products:
-    """What a build or a download provides: the engine's programs, the model, its tokenizer."""
+    """What a build or a download provides: the engine's programs, the model, its
+    tokenizer, and the storyteller's data (payload_libs' data/ tree, laid out like the
+    image; None: the built one, payload_libs.ensure())."""
 
     llama2: Path
     storyteller: Path | None
     model: Path
     tokenizer: Path
     storyteller_missing: str = ""  # why storyteller is None
+    data: Path | None = None
 
 
 def declare(settings: Settings, products: Products) -> Payload:
     """The payload: the one list of what an image holds (see the module's docstring)."""
     p = products
+    data_root = p.data if p.data is not None else payload_libs.ensure().data
+    data = tuple(
+        File("/" + str(f.relative_to(data_root)), 0o644, f)
+        for f in sorted(data_root.rglob("*"))
+        if f.is_file()
+    )
     return Payload(
         (
+            *data,
             File("/usr/bin/llama2", 0o755, p.llama2),
             File("/usr/bin/storyteller", 0o755, p.storyteller, p.storyteller_missing),
             File("/usr/share/storyteller/model.bin", 0o644, p.model),
@@ -148,13 +166,13 @@ def gather(r: Recipe, work: Path) -> Payload:
     llama2 = engine.build(r.engine_target, cflags=r.engine_cflags)
     storyteller, missing = llama2.with_name("storyteller"), ""
     if "storyteller" not in engine.target(r.engine_target).programs:
-        # c906: the sid toolchain links the storyteller against glibc's espeak-ng,
-        # pocketsphinx and ALSA, which the Duo's musl rootfs lacks; a static build is next
-        storyteller, missing = None, f"the {r.engine_target} target builds no storyteller yet"
+        storyteller, missing = None, f"the {r.engine_target} target builds no storyteller"
     elif not storyteller.exists():
         storyteller, missing = None, f"the {r.engine_target} build made no storyteller"
+    data = payload_libs.ensure().data
     model, tokenizer = model_for_image(r, work)
-    return declare(settings(r), Products(llama2, storyteller, model, tokenizer, missing))
+    products = Products(llama2, storyteller, model, tokenizer, missing, data)
+    return declare(settings(r), products)
 
 
 def settings(r: Recipe) -> Settings:
@@ -162,9 +180,18 @@ def settings(r: Recipe) -> Settings:
 
 
 def storyteller_conf(r: Recipe) -> str:
-    """overlay/etc/storyteller.conf with the recipe's voice, speed and pitch."""
+    """overlay/etc/storyteller.conf with the recipe's voice, speed and pitch, and the
+    payload's own eSpeak NG data and acoustic model."""
     template = STORYTELLER_CONF.read_text()
-    values = {"voice": r.voice, "speed": str(r.speed), "pitch": str(r.pitch)}
+    values = {
+        "voice": r.voice,
+        "speed": str(r.speed),
+        "pitch": str(r.pitch),
+        "espeak_data": payload_libs.ESPEAK_DATA,
+        "asr_model": payload_libs.ASR_MODEL,
+        # the Duo's blue LED; the QEMU machine has none (no warning in its log)
+        "led": "gpio440" if r.board == "milkv-duo" else "none",
+    }
     lines = []
     for line in template.splitlines():
         key = line.split("=", 1)[0].strip()

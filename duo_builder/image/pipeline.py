@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from duo_builder.errors import BuildError
-from duo_builder.fsutil import sha256_file
+from duo_builder.fsutil import free_bytes, is_disk_full, sha256_file
 from duo_builder.image import container, manifest, payload, recipe
 from duo_builder.image.bases import BASES
 from duo_builder.paths import BUILD, REPO
@@ -66,12 +66,49 @@ def build_here(r: recipe.Recipe, out: Path) -> Built:
     base = BASES[r.base.kind]
     base.check(r)  # what cannot work here stops now, before anything is built
     work = BUILD / "image" / r.name
-    work.mkdir(parents=True, exist_ok=True)
-    files = payload.gather(r, work)  # 2. payload
-    for path, why in files.absent().items():
-        print(f"{r.name}: {path} left out: {why}", flush=True)
-    made = base.make(r, files, out, work)  # 3-4. base + payload -> image
-    return Built(made.image, made.sha256, manifest.write(r, made), made.kernel)  # 5. manifest
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        files = payload.gather(r, work)  # 2. payload
+        for path, why in files.absent().items():
+            print(f"{r.name}: {path} left out: {why}", flush=True)
+        made = base.make(r, files, out, work)  # 3-4. base + payload -> image
+        try:
+            written = manifest.write(r, made)  # 5. manifest
+        except BaseException:
+            _discard(made)
+            raise
+        return Built(made.image, made.sha256, written, made.kernel)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        # every stage writes through temp files removed on error: nothing half-written stays
+        where = Path(e.filename).parent if e.filename else out
+        raise ImageError(
+            f"{where}: no space left on the device while building {r.name} "
+            f"({free_bytes(where) // (1 << 20)} MB free; the image stage needs about "
+            f"{-(-_space_needed(base, r) // (1 << 20))} MB in {out}): free some or build "
+            "into another directory"
+        ) from None
+
+
+def _discard(made: "manifest.Made") -> None:
+    """An image whose manifest or .sha256 could not be written must not stay beside the
+    previous build's (they would not match it): remove it and its companions."""
+    image = Path(made.image)
+    for path in (
+        image,
+        image.with_name(image.name + ".sha256"),
+        image.with_name(image.name.removesuffix(".img") + ".manifest.json"),
+        made.kernel,
+    ):
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+
+
+def _space_needed(base: object, r: recipe.Recipe) -> int:
+    """Bytes an image of `r` needs in out/: the base's estimate, else twice the image."""
+    estimate = getattr(base, "space_needed", None)
+    return estimate(r.image_size_mb, None) if estimate else (r.image_size_mb << 20) * 2
 
 
 def _in_the_container(r: recipe.Recipe, where: Where) -> bool:

@@ -2,12 +2,18 @@
 
 Layout under the cache directory:
     <sha256>/<name>          the verified file; only ever appears complete (os.replace)
+    <sha256>/.<name>.*.tmp   a copy in progress (a killed copy's is removed by the next run)
     partial/<sha256>.part    an unfinished download, kept so that a re-run resumes it
+
+A cached file is hashed on every use; a resumed download whose result fails the hash is
+discarded and fetched once more from its first byte (the partial may have been damaged)
+before the hash is blamed.
 """
 
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -15,7 +21,7 @@ import requests
 from tqdm import tqdm
 
 from duo_builder.errors import BuildError
-from duo_builder.fsutil import atomic_writer, sha256_file
+from duo_builder.fsutil import atomic_writer, remove_stale, sha256_file, temp_prefix
 from duo_builder.paths import cache_dir
 
 CHUNK = 1 << 16
@@ -47,9 +53,10 @@ def fetch_model(
     _check_source(url, path)
     cache = Path(cache) if cache is not None else cache_dir()
     final = cache / digest / _check_name(name or _default_name(url, path))
-    if _cached(final, digest):
-        return final
     try:
+        remove_stale(final.parent, temp_prefix(final), _say)  # a killed copy's temp file
+        if _cached(final, digest):
+            return final
         if url is not None:
             partial = cache / "partial" / f"{digest}.part"
             _download(url, digest, final, partial, progress=progress, timeout=timeout)
@@ -99,12 +106,17 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _say(msg: str) -> None:
+    print(f"model cache: {msg}", file=sys.stderr, flush=True)
+
+
 def _cached(final: Path, digest: str) -> bool:
     """True if `final` is already a verified copy; a file that fails the check is removed."""
     if not final.is_file():
         return False
     if sha256_file(final) == digest:
         return True
+    _say(f"{final} does not match its sha256 (damaged on disk): fetching it again")
     final.unlink()  # tampered with or corrupted on disk: fetch it again
     return False
 
@@ -135,6 +147,7 @@ def _download(
     url: str, digest: str, final: Path, partial: Path, *, progress: bool, timeout: float
 ) -> None:
     partial.parent.mkdir(parents=True, exist_ok=True)
+    resumed = partial.is_file() and partial.stat().st_size > 0
 
     def attempt() -> bool:
         return _transfer(url, partial, progress=progress, timeout=timeout, desc=final.name)
@@ -151,6 +164,16 @@ def _download(
                     f"Could not download {url}: the server sent a partial response (HTTP 206) "
                     "to a request for the whole file."
                 )
+    if resumed and sha256_file(partial) != digest:
+        # the earlier part may be what is wrong (a damaged or foreign partial): once more
+        # from byte 0 before blaming the URL or the hash
+        _say(f"the resumed download of {url} fails its sha256: downloading it from the start")
+        partial.unlink()
+        if not attempt():
+            raise DownloadError(
+                f"Could not download {url}: the server sent a partial response (HTTP 206) "
+                "to a request for the whole file."
+            )
     _verify(url, partial, digest)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)

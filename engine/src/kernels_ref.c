@@ -1,5 +1,6 @@
 /* The generic kernels: every entry's reference, compiled without FMA contraction (run.c's
  * and runq.c's arithmetic, the same bits on every build), and the quantizers. */
+#include <float.h>
 #include <math.h>
 
 #include "kernels.h"
@@ -27,13 +28,25 @@ static void f32_row(float *out, const Tensor *w, size_t row) {
 /* ---- Q8_0 (llama2.c v2) --------------------------------------------------------------- */
 
 /* max |x[i]| over len values: a quantization group's range */
+/* The largest |x[i]|, or NaN when the group holds a NaN or an infinity: the loaders
+ * reject non-finite weights, but finite extremes can still overflow an activation, and a
+ * NaN -> integer conversion is undefined behaviour. A NaN scale with zero integers
+ * carries the NaN on, as the fp32 arithmetic would. */
 static float abs_max(const float *x, size_t len) {
     float m = 0.0f;
     for (size_t i = 0; i < len; i++) {
         float a = fabsf(x[i]);
+        if (!(a <= FLT_MAX)) return NAN;
         if (a > m) m = a;
     }
     return m;
+}
+
+/* roundf(v) within [-lim, lim]: |x / scale| may exceed the limit only where the scale is
+ * subnormal (and imprecise); every normal scale gives the same bits as runq.c. */
+static float clamp_round(float v, float lim) {
+    float r = roundf(v);
+    return r > lim ? lim : r < -lim ? -lim : r;
 }
 
 void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
@@ -41,8 +54,9 @@ void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
         size_t len = n - start < gs ? n - start : gs;
         float scale = abs_max(x + start, len) / 127.0f;
         s[g] = scale;
-        for (size_t i = 0; i < len; i++)  /* an all-zero group stays zero (runq.c: 0/0) */
-            q[start + i] = scale == 0.0f ? 0 : (int8_t)roundf(x[start + i] / scale);
+        int zero = scale == 0.0f || isnan(scale); /* runq.c: an all-zero group is 0/0 */
+        for (size_t i = 0; i < len; i++)
+            q[start + i] = zero ? 0 : (int8_t)clamp_round(x[start + i] / scale, 127.0f);
     }
 }
 
@@ -164,8 +178,9 @@ void quantize_a16(int16_t *q, float *s, const float *x, size_t n, size_t gs) {
         float scale = abs_max(x + start, len) / 32767.0f;
         s[g] = scale;
         /* |x / scale| <= 32767 * (1 + 2^-23) rounds to at most 32767 */
+        int zero = scale == 0.0f || isnan(scale);
         for (size_t i = 0; i < len; i++)
-            q[start + i] = scale == 0.0f ? 0 : (int16_t)roundf(x[start + i] / scale);
+            q[start + i] = zero ? 0 : (int16_t)clamp_round(x[start + i] / scale, 32767.0f);
     }
 }
 

@@ -2,6 +2,7 @@
  * is generated and `achieved tok/s: X` to stderr, exactly as run.c, so contest scripts
  * work unchanged. Every failure is one line on stderr and a non-zero exit. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,7 +44,7 @@ static double parse_float(const char *flag, const char *s) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end) {
+    if (errno || end == s || *end || isnan(v)) { /* NaN passes every range check after */
         char msg[128];
         snprintf(msg, sizeof msg, "option %s expects a number, got '%.40s'", flag, s);
         die(msg);

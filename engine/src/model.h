@@ -79,5 +79,13 @@ extern const ModelLoader llama2c_loader, packed_loader;
 int model_check_field(const char *path, const char *name, int v, int lo, int hi, Error *err);
 int model_validate_config(const char *path, const ModelConfig *c, Error *err);
 const char *format_name(FileFormat f);
+/* Every float the arithmetic reads must be finite (a NaN scale would reach a NaN -> int
+ * conversion): n fp32 values at p (any alignment), or every bf16 scale of a packed q8/q4
+ * tensor. Else "PATH: tensor NAME of layer L: WHAT I is nan; ..." (layer < 0: none;
+ * WHAT: "value", "scale"). */
+int model_check_f32(const char *path, const char *tensor, long layer, const char *what,
+                    const void *p, size_t n, Error *err);
+int model_check_packed_scales(const char *path, const char *tensor, long layer,
+                              const Tensor *t, Error *err);
 
 #endif

@@ -183,6 +183,38 @@ static void map_tensors(Model *m) {
     }
 }
 
+/* Every float the arithmetic reads is finite: the norms, and the Q8_0 scales or the fp32
+ * weights (v0's unused freq_cis table is not read). One pass over the file at load: its
+ * pages are read by the first token anyway (the embedding, when not shared, one row a
+ * token: a bad row would still end as a clean error here instead of NaN logits). */
+static int check_matrix(const char *path, const char *name, long layer, const Tensor *t,
+                        Error *err) {
+    size_t n = t->rows * t->cols;
+    if (t->type == TENSOR_Q80)
+        return model_check_f32(path, name, layer, "scale", t->s, n / t->group_size, err);
+    return model_check_f32(path, name, layer, "value", t->f, n, err);
+}
+
+static int check_finite(const Model *m, const char *path, Error *err) {
+    const ModelConfig *c = &m->cfg;
+    size_t dim = (size_t)c->dim;
+    if (model_check_f32(path, "rms_final", -1, "value", m->rms_final, dim, err) ||
+        check_matrix(path, "embedding", -1, &m->embedding, err) ||
+        (!c->shared_classifier && check_matrix(path, "classifier", -1, &m->classifier, err)))
+        return -1;
+    for (size_t l = 0; l < (size_t)c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        const Tensor *mats[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+        static const char *const names[7] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+        if (model_check_f32(path, "rms_att", (long)l, "value", w->rms_att, dim, err) ||
+            model_check_f32(path, "rms_ffn", (long)l, "value", w->rms_ffn, dim, err))
+            return -1;
+        for (int k = 0; k < 7; k++)
+            if (check_matrix(path, names[k], (long)l, mats[k], err)) return -1;
+    }
+    return 0;
+}
+
 /* v0 has no magic: whatever no other loader recognizes is tried as one (the size check
  * then rejects what is not). */
 static int recognizes(const unsigned char *p, size_t size) {
@@ -195,7 +227,7 @@ static int open_llama2c(Model *m, const char *path, Error *err) {
     m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
     if (!m->layers) return fail(err, "%s: out of memory", path);
     map_tensors(m);
-    return 0;
+    return check_finite(m, path, err);
 }
 
 static size_t streamed_bytes(const Model *m) {

@@ -1,8 +1,12 @@
 /* Loading the engine's packed files (FORMAT.md): a header, a section table, page-aligned
  * row-tiled tensors. The table is checked against what the header implies — every kind,
  * layer, size and offset — and against the file size before any tensor is touched. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model.h"
 
@@ -202,6 +206,81 @@ static const unsigned char *section(const Model *m, size_t i) {
                                                    i * ENTRY_BYTES + 8);
 }
 
+/* Every float the arithmetic reads is finite: the norms, every q8/q4 block scale, the fp32
+ * tiles. One pass at load over what the first token reads anyway. A faithful file's fp32
+ * classifier (and unshared embedding), which faithful.c reads a few rows at a time with
+ * pread to keep them out of the RSS, is checked the same way: read in chunks with pread,
+ * then dropped from the page cache, so the check grows neither the RSS nor the cache. */
+#define CHECK_CHUNK 16384 /* floats per pread */
+
+static int check_f32_unmapped(const Model *m, const char *path, const char *name,
+                              const Tensor *t, Error *err) {
+    size_t n = t->tiles * PACK_ROWS * t->cols;
+    off_t at = (off_t)(t->p - (const unsigned char *)m->map);
+    float *buf = malloc(CHECK_CHUNK * sizeof *buf);
+    if (!buf) return fail(err, "%s: out of memory", path);
+    int rc = 0;
+    for (size_t done = 0; rc == 0 && done < n;) {
+        size_t want = n - done < CHECK_CHUNK ? n - done : CHECK_CHUNK, got = 0;
+        while (got < want * 4) {
+            ssize_t r = pread(m->fd, (char *)buf + got, want * 4 - got,
+                              at + (off_t)(done * 4 + got));
+            if (r <= 0) {
+                free(buf);
+                return fail(err, "%s: cannot read tensor %s: %s", path, name,
+                            r < 0 ? strerror(errno) : "file shrank while open");
+            }
+            got += (size_t)r;
+        }
+        rc = model_check_f32(path, name, -1, "value", buf, want, err);
+        if (rc) { /* the index in the message is the chunk's: name the tensor's */
+            for (size_t i = 0; i < want; i++)
+                if (!isfinite(buf[i])) {
+                    rc = fail(err, "%s: tensor %s: value %zu is %g; every weight, scale and "
+                              "norm must be a finite number (a corrupted file: re-convert it "
+                              "with `invoke convert`)", path, name, done + i, (double)buf[i]);
+                    break;
+                }
+        }
+        posix_fadvise(m->fd, at + (off_t)(done * 4), (off_t)(want * 4), POSIX_FADV_DONTNEED);
+        done += want;
+    }
+    free(buf);
+    return rc;
+}
+static int check_matrix(const char *path, const char *name, long layer, const Tensor *t,
+                        Error *err) {
+    if (t->type == TENSOR_PF32)
+        return model_check_f32(path, name, layer, "value", t->p, t->tiles * PACK_ROWS * t->cols,
+                               err);
+    return model_check_packed_scales(path, name, layer, t, err);
+}
+
+static int check_finite(const Model *m, const char *path, Error *err) {
+    const ModelConfig *c = &m->cfg;
+    size_t L = (size_t)c->n_layers, dim = (size_t)c->dim;
+    int faithful = c->format == FORMAT_PACKED_FAITHFUL;
+    if (model_check_f32(path, "norms", -1, "value", m->layers[0].rms_att, (2 * L + 1) * dim, err))
+        return -1;
+    if (!faithful && (check_matrix(path, "classifier", -1, &m->classifier, err) ||
+                      (!c->shared_classifier &&
+                       check_matrix(path, "embedding", -1, &m->embedding, err))))
+        return -1;
+    if (faithful && (check_matrix(path, "classifier_q8", -1, &m->classifier_q8, err) ||
+                     check_f32_unmapped(m, path, "classifier", &m->classifier, err) ||
+                     (!c->shared_classifier &&
+                      check_f32_unmapped(m, path, "embedding", &m->embedding, err))))
+        return -1;
+    for (size_t l = 0; l < L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        const Tensor *mats[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w1, &w->w2, &w->w3};
+        for (int k = 0; k < 7; k++)
+            if (check_matrix(path, kind_name(KIND_WQ + (uint32_t)k), (long)l, mats[k], err))
+                return -1;
+    }
+    return 0;
+}
+
 static int open_packed(Model *m, const char *path, Error *err) {
     ModelConfig *c = &m->cfg;
     if (parse(path, m->map, m->map_size, c, err)) return -1;
@@ -256,7 +335,7 @@ static int open_packed(Model *m, const char *path, Error *err) {
     } else {
         m->embedding = m->classifier;
     }
-    return 0;
+    return check_finite(m, path, err);
 }
 
 /* A faithful file's token reads the int8 classifier, not the fp32 one: the fp32 tiles

@@ -20,6 +20,8 @@ typedef struct {
     int button_gpio;     /* push-to-talk GPIO, -1 = Enter */
     char asr_model[CONFIG_STR], asr_dict[CONFIG_STR];
     char espeak_data[CONFIG_STR]; /* "" = the library's default */
+    char led[64];        /* feedback LED: none, gpioN or a /sys/class/leds name */
+    int listen_sound;    /* a chime when it starts listening: 1 on, 0 off */
 } Config;
 
 void config_defaults(Config *c);

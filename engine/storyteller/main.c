@@ -1,13 +1,16 @@
 /* storyteller: a prompt typed, given on the command line or spoken into a microphone;
  * the story written by the llama2 engine and spoken by eSpeak while it is being written. */
+#define _DEFAULT_SOURCE /* readlink, realpath */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../include/llama2.h"
 #include "asr.h"
 #include "config.h"
+#include "feedback.h"
 #include "mic.h"
 #include "prompts.h"
 #include "sentences.h"
@@ -16,6 +19,9 @@
 
 #define DEFAULT_CONFIG "/etc/storyteller.conf"
 #define SORRY "Sorry, say it again."
+/* At the step budget in the middle of a sentence, at most this many more tokens finish it;
+ * if they do not, the fragment is dropped (never spoken). */
+#define FINISH_TOKENS 48
 
 typedef struct {
     Config cfg;
@@ -23,6 +29,8 @@ typedef struct {
     int mic, quiet;
     Tts *tts;
     Llama2 *engine;
+    int budget, engine_steps; /* the story's tokens; the engine's (budget + FINISH_TOKENS) */
+    Feedback fb;              /* the LED */
 } App;
 
 static void usage(FILE *out) {
@@ -42,6 +50,28 @@ static void usage(FILE *out) {
 }
 
 static void report(const char *msg) { fprintf(stderr, "storyteller: %s\n", msg); }
+
+/* The LED shows the state; a failing LED is reported once and then left alone. */
+static void show(App *a, FeedbackState state) {
+    Error err;
+    if (feedback_set(&a->fb, state, &err) == 0) return;
+    fprintf(stderr, "storyteller: %s; going on without the LED\n", err.msg);
+    a->fb.dir[0] = '\0';
+}
+
+/* The "I am listening" chime through the sound card (listen_sound = on). */
+static void chime(App *a) {
+    if (!a->cfg.listen_sound || a->wav_out) return;
+    size_t n;
+    int16_t *pcm = feedback_chime(22050, &n);
+    Error err;
+    PcmOut *out = pcm ? pcm_open(a->cfg.device, 22050, &err) : NULL;
+    if (out && (pcm_write(out, pcm, n, &err) || pcm_close(out, &err)))
+        report(err.msg);
+    else if (pcm && !out)
+        report(err.msg);
+    free(pcm);
+}
 
 static double peak_rss_mb(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -70,22 +100,50 @@ typedef struct {
     SentenceSplitter splitter;
     Error err;
     int failed;
+    int pieces;    /* positions so far (one piece each) */
+    int finishing; /* past the budget, finishing the sentence */
+    int dropped;   /* gave up on the sentence: its text is neither printed nor spoken */
+    char held[SENTENCE_MAX]; /* text past the budget, printed once its sentence is whole */
+    size_t n_held;
 } StoryRun;
 
 static int speak_sentence(void *user, const char *sentence) {
     StoryRun *r = user;
+    if (r->app->fb.state != FEEDBACK_SPEAKING) show(r->app, FEEDBACK_SPEAKING);
     if (speech_say(&r->speech, sentence, &r->err)) r->failed = 1;
     return r->failed;
 }
 
+static void print_text(StoryRun *r, const char *text, size_t n) {
+    if (r->app->quiet || n == 0) return;
+    fwrite(text, 1, n, stdout);
+    fflush(stdout);
+}
+
+/* Each piece is printed and fed to the splitter. At the budget the story stops at the end
+ * of a sentence: a sentence under way gets up to FINISH_TOKENS more pieces (held back from
+ * stdout until it is whole), else it is dropped. */
 static int on_piece(void *user, const char *piece) {
     StoryRun *r = user;
-    if (!llama2_piece_is_printable(piece)) return 0;
-    if (!r->app->quiet) {
-        fputs(piece, stdout);
-        fflush(stdout);
+    r->pieces++;
+    feedback_tick(&r->app->fb);
+    if (llama2_piece_is_printable(piece)) {
+        size_t n = strlen(piece);
+        if (!r->finishing) {
+            print_text(r, piece, n);
+        } else if (r->n_held + n <= sizeof r->held) {
+            memcpy(r->held + r->n_held, piece, n);
+            r->n_held += n;
+        } else {
+            r->dropped = 1; /* a "sentence" longer than the buffer: give up on it */
+            return 1;
+        }
+        if (splitter_feed(&r->splitter, piece, speak_sentence, r)) return 1;
     }
-    return splitter_feed(&r->splitter, piece, speak_sentence, r);
+    if (r->pieces < r->app->budget) return 0;
+    if (splitter_at_sentence_end(&r->splitter)) return 1; /* stop here: a whole sentence */
+    r->finishing = 1;
+    return 0;
 }
 
 static int tell_story(App *a, const char *prompt) {
@@ -96,7 +154,21 @@ static int tell_story(App *a, const char *prompt) {
         return 1;
     }
     Llama2Stats gen;
+    show(a, FEEDBACK_THINKING);
     int rc = llama2_generate(a->engine, prompt, on_piece, &r, &gen, &err);
+    /* whole: not past the budget, stopped at a sentence end, or the story itself ended */
+    int whole = !r.dropped && (!r.finishing || gen.stopped || gen.positions < a->engine_steps);
+    if (rc == 0 && !r.failed && r.finishing) {
+        if (whole) {
+            print_text(&r, r.held, r.n_held);
+            fprintf(stderr, "storyteller: finished the last sentence in %d more tokens\n",
+                    r.pieces - a->budget);
+        } else {
+            splitter_drop(&r.splitter);
+            fprintf(stderr, "storyteller: dropped the unfinished last sentence (no end within "
+                            "%d more tokens)\n", FINISH_TOKENS);
+        }
+    }
     if (!a->quiet) {
         fputs("\n", stdout);
         fflush(stdout);
@@ -105,6 +177,7 @@ static int tell_story(App *a, const char *prompt) {
     SpeechStats sp;
     Error speech_err;
     int speech_rc = speech_finish(&r.speech, &sp, &speech_err);
+    show(a, FEEDBACK_IDLE);
     if (rc) {
         report(err.msg);
         return 1;
@@ -143,6 +216,15 @@ static int act(App *a, const char *words, char *last_opening, size_t cap) {
     return 2;
 }
 
+/* In a loop, --wav story.wav becomes story-1.wav, story-2.wav, ...: one file per story. */
+static void number_wav(App *a, const char *base, int n, char *buf, size_t cap) {
+    if (!base) return;
+    size_t len = strlen(base);
+    int ext = len > 4 && !strcmp(base + len - 4, ".wav");
+    snprintf(buf, cap, "%.*s-%d%s", (int)(ext ? len - 4 : len), base, n, ext ? ".wav" : "");
+    a->wav_out = buf;
+}
+
 static Recognizer *open_recognizer(App *a) {
     Error err;
     Recognizer *r = asr_open(a->cfg.asr_model, a->cfg.asr_dict, &err);
@@ -163,6 +245,7 @@ static int run_mic_wav(App *a) {
     Recognizer *r = pcm ? open_recognizer(a) : NULL;
     char words[512], last[256] = "";
     int rc = 1;
+    show(a, FEEDBACK_THINKING);
     if (r && asr_decode(r, pcm, n, words, sizeof words, &err) == 0)
         rc = act(a, words, last, sizeof last);
     else if (r)
@@ -176,10 +259,14 @@ static int run_mic(App *a) {
     Recognizer *r = open_recognizer(a);
     if (!r) return 1;
     MicOptions mo = {a->cfg.mic_device, a->cfg.button_gpio, 8.0, 0.8};
-    char words[512], last[256] = "";
+    char words[512], last[256] = "", wav[4096];
+    const char *base = a->wav_out;
     report("ready");
     int rc = 0;
-    for (;;) {
+    for (int turn = 1;; turn++) {
+        number_wav(a, base, turn, wav, sizeof wav);
+        chime(a);
+        show(a, FEEDBACK_LISTENING);
         int16_t *pcm = NULL;
         size_t n = 0;
         Error err;
@@ -190,6 +277,7 @@ static int run_mic(App *a) {
             rc = 1;
             break;
         }
+        show(a, FEEDBACK_THINKING);
         int decoded = asr_decode(r, pcm, n, words, sizeof words, &err);
         free(pcm);
         if (decoded) {
@@ -204,12 +292,16 @@ static int run_mic(App *a) {
 }
 
 static int run_stdin(App *a) {
-    char line[1024];
+    char line[1024], wav[4096];
+    const char *base = a->wav_out;
+    int stories = 0;
     report("ready");
     while (fprintf(stderr, "prompt> "), fgets(line, sizeof line, stdin)) {
         line[strcspn(line, "\r\n")] = '\0';
         if (!strcmp(line, "stop") || !strcmp(line, "quit")) break;
+        number_wav(a, base, ++stories, wav, sizeof wav);
         if (tell_story(a, line[0] ? line : "Once upon a time")) return 1;
+        if (base) fprintf(stderr, "storyteller: wrote %s\n", a->wav_out);
     }
     return 0;
 }
@@ -260,9 +352,80 @@ static int parse_args(App *a, int argc, char **argv) {
     return 0;
 }
 
+/* A data file still at its built-in default (/usr/share/storyteller/..., the board's) that
+ * is not there: the same file next to the binary, then in the source tree the binary was
+ * built in (build/<target>/storyteller: the repository's models/ and engine/storyteller/).
+ * Sets `looked` to where it looked when none exists. */
+static void find_data(char *value, size_t cap, const char *dflt, const char *exe_dir,
+                      const char *const *tree, char *looked, size_t looked_cap) {
+    looked[0] = '\0';
+    if (strcmp(value, dflt) != 0 || access(value, R_OK) == 0) return; /* set, or there */
+    const char *base = strrchr(dflt, '/') ? strrchr(dflt, '/') + 1 : dflt;
+    char cand[3][CONFIG_STR * 2];
+    int n = 0;
+    if (exe_dir[0]) {
+        snprintf(cand[n++], sizeof cand[0], "%s/%s", exe_dir, base);
+        for (; *tree && n < 3; tree++)
+            snprintf(cand[n++], sizeof cand[0], "%s/../../%s", exe_dir, *tree);
+    }
+    snprintf(looked, looked_cap, "%s", dflt);
+    for (int i = 0; i < n; i++) {
+        char real[4096];
+        const char *found = access(cand[i], R_OK) == 0 && realpath(cand[i], real) ? real : NULL;
+        if (found && strlen(found) < cap) {
+            memcpy(value, found, strlen(found) + 1);
+            looked[0] = '\0';
+            return;
+        }
+        size_t used = strlen(looked), add = strlen(cand[i]);
+        if (used + 2 + add < looked_cap) { /* else the list is cut short */
+            memcpy(looked + used, ", ", 2);
+            memcpy(looked + used + 2, cand[i], add + 1);
+        }
+    }
+}
+
+static int find_data_files(App *a) {
+    Config d, *c = &a->cfg;
+    config_defaults(&d);
+    char exe[CONFIG_STR] = "";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    static const char *const model[] = {"models/stories260K.bin", NULL};
+    static const char *const tok[] = {"models/tok512.bin", NULL};
+    static const char *const dict[] = {"engine/storyteller/story.dict", NULL};
+    struct {
+        char *value;
+        const char *dflt, *const *tree, *what, *key;
+        int needed;
+    } files[] = {
+        {c->model, d.model, model, "model", "model", 1},
+        {c->tokenizer, d.tokenizer, tok, "tokenizer", "tokenizer", 1},
+        {c->asr_dict, d.asr_dict, dict, "speech dictionary", "asr_dict", a->mic || a->mic_wav},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char looked[4 * CONFIG_STR];
+        find_data(files[i].value, CONFIG_STR, files[i].dflt, exe, files[i].tree, looked,
+                  sizeof looked);
+        if (looked[0] && files[i].needed) {
+            fprintf(stderr,
+                    "storyteller: no %s: looked for %s; give --%s FILE or set %s = FILE in %s\n",
+                    files[i].what, looked, files[i].key, files[i].key,
+                    a->config_path ? a->config_path : DEFAULT_CONFIG);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int open_app(App *a) {
     Error err;
     Config *c = &a->cfg;
+    const char *sysfs = getenv("STORYTELLER_SYSFS"); /* tests: a fake sysfs tree */
+    if (feedback_open(&a->fb, sysfs && *sysfs ? sysfs : "/sys", c->led, &err))
+        fprintf(stderr, "storyteller: %s; going on without the LED\n", err.msg);
     a->tts = tts_open(c->voice, c->speed, c->pitch, c->espeak_data[0] ? c->espeak_data : NULL, &err);
     if (!a->tts) {
         report(err.msg);
@@ -278,21 +441,29 @@ static int open_app(App *a) {
     Llama2Options eo = {.checkpoint_path = c->model, .tokenizer_path = c->tokenizer,
                         .temperature = c->temperature, .topp = c->topp,
                         .seed = c->seed ? (unsigned long long)c->seed : (unsigned long long)time(NULL),
-                        .steps = c->steps,
+                        .steps = c->steps > 0 ? c->steps + FINISH_TOKENS : 0,
                         .path = !strcmp(c->path, "ref") ? LLAMA2_PATH_REF
                                 : !strcmp(c->path, "fast") ? LLAMA2_PATH_FAST : LLAMA2_PATH_AUTO};
     a->engine = llama2_open(&eo, &err);
     if (!a->engine) {
+        char *z = strstr(err.msg, "with -z)"); /* the llama2 command's option; ours: */
+        if (z && z + sizeof "with --tokenizer)" <= err.msg + sizeof err.msg)
+            memcpy(z, "with --tokenizer)", sizeof "with --tokenizer)");
         report(err.msg);
         say(a, "Sorry, I cannot find my story book.");
         return 1;
     }
+    Llama2Shape shape;
+    llama2_shape(a->engine, &shape);
+    a->engine_steps = shape.steps; /* the engine caps steps at the model's context */
+    a->budget = c->steps > 0 && c->steps < shape.seq_len ? c->steps : shape.seq_len;
     return 0;
 }
 
 int main(int argc, char **argv) {
     App a = {0};
     int rc = parse_args(&a, argc, argv);
+    if (rc == 0) rc = find_data_files(&a);
     if (rc == 0) rc = open_app(&a);
     if (rc == 0) {
         if (a.prompt) rc = tell_story(&a, a.prompt);
@@ -300,6 +471,7 @@ int main(int argc, char **argv) {
         else if (a.mic) rc = run_mic(&a);
         else rc = run_stdin(&a);
     }
+    show(&a, FEEDBACK_IDLE);
     llama2_close(a.engine);
     tts_close(a.tts);
     return rc;

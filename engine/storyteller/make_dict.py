@@ -25,12 +25,13 @@ _WORD = re.compile(r"[a-z][a-z_']*")
 GARBAGE_PREFIX = "ph_"
 # Pronunciations cmudict lacks that speakers use (measured with `invoke bench --asr`): a
 # released final consonant (espeak's "Tim" was often heard as "the moon"), British "cat" with
-# an open /a/ (heard as "dog")
+# an open /a/ (heard as "dog"), espeak's /3:/ in "bird" (British, fast: heard as "the moon")
 EXTRA_PRONUNCIATIONS = (
     "tim T IH M AH",
     "cat K AA T",
     "cat K AE T AH",
     "bird B ER D AH",
+    "bird B UW D",
     "flower F L AW AH",
 )
 _ALTERNATE = re.compile(r"\(\d+\)$")

@@ -47,3 +47,18 @@ int splitter_feed(SentenceSplitter *s, const char *text, SentenceFn fn, void *us
 int splitter_flush(SentenceSplitter *s, SentenceFn fn, void *user) {
     return s->len ? emit(s, s->len, fn, user) : 0;
 }
+
+int splitter_at_sentence_end(const SentenceSplitter *s) {
+    size_t n = s->len;
+    while (n > 0 && isspace((unsigned char)s->buf[n - 1])) n--;
+    while (n > 0 && (s->buf[n - 1] == '"' || s->buf[n - 1] == '\'')) n--;
+    if (n == 0) {
+        for (size_t i = 0; i < s->len; i++) /* only quotes and spaces: not a sentence yet */
+            if (!isspace((unsigned char)s->buf[i])) return 0;
+        return 1;
+    }
+    char c = s->buf[n - 1];
+    return c == '.' || c == '!' || c == '?';
+}
+
+void splitter_drop(SentenceSplitter *s) { s->len = 0; }

@@ -4,12 +4,22 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static uint32_t u32le(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 static uint16_t u16le(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+/* Bytes from the current position to the end of a regular file; SIZE_MAX for a pipe or
+ * a device (WAV_MAX_BYTES still bounds what is allocated). */
+static size_t bytes_left(FILE *f) {
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) return SIZE_MAX;
+    long at = ftell(f);
+    return at < 0 || st.st_size < at ? 0 : (size_t)(st.st_size - at);
+}
 
 /* Walks the RIFF chunks: "fmt " must say PCM 16-bit, "data" holds the samples. */
 int wav_read(const char *path, WavData *out, Error *err) {
@@ -41,13 +51,22 @@ int wav_read(const char *path, WavData *out, Error *err) {
             if (fseek(f, (long)(size - 16 + (size & 1)), SEEK_CUR)) break;
         } else if (!memcmp(ch, "data", 4)) {
             if (!have_fmt) break;
-            size_t frame = 2 * (size_t)out->channels, frames = size / frame;
+            /* the chunk's size is a claim: never allocate more than the file still holds */
+            size_t frame = 2 * (size_t)out->channels, bytes = size, left = bytes_left(f);
+            if (bytes > left) bytes = left; /* a short file keeps what is there */
+            if (bytes > WAV_MAX_BYTES) {
+                fail(err, "%s: WAV holds %zu bytes of samples; this reader takes at most %d MiB "
+                     "(%d s of 16 kHz mono)", path, bytes, WAV_MAX_BYTES >> 20,
+                     WAV_MAX_BYTES / 32000);
+                goto done;
+            }
+            size_t frames = bytes / frame;
             out->samples = malloc(frames * frame + 1);
             if (!out->samples) {
                 fail(err, "%s: out of memory for %u bytes of samples", path, size);
                 goto done;
             }
-            out->frames = fread(out->samples, frame, frames, f); /* a short file keeps what is there */
+            out->frames = fread(out->samples, frame, frames, f);
             if (out->frames == 0) {
                 fail(err, "%s: WAV holds no samples", path);
                 goto done;

@@ -15,6 +15,10 @@ typedef struct {
     int16_t *samples; /* interleaved */
 } WavData;
 
+/* The most sample bytes wav_read takes (about 17 minutes of 16 kHz mono): the data
+ * chunk's size is bounded by this and by what the file holds, never trusted. */
+#define WAV_MAX_BYTES (32 << 20)
+
 int wav_read(const char *path, WavData *out, Error *err);
 void wav_free(WavData *w);
 /* Mono (channels averaged) at `rate` by linear interpolation; malloc'd, *n samples. */

@@ -90,6 +90,27 @@ static void test_quantize_edges(void) {
     free(m.q); free(m.s);
 }
 
+/* Issue 14, D1: a NaN or an infinity in an activation (finite extremes in a model can
+ * overflow one) must not reach a float -> int conversion (undefined behaviour, which
+ * UBSan reports here): the group's integers are 0, its scale NaN, so the NaN carries on. */
+static void test_quantize_non_finite(void) {
+    float x[8] = {1.0f, NAN, 2.0f, 3.0f, INFINITY, 0.5f, -INFINITY, 1.0f};
+    int8_t q[8];
+    int16_t q16[8];
+    float s[2], s16[2];
+    quantize_q80(q, s, x, 8, 4);
+    quantize_a16(q16, s16, x, 8, 4);
+    CHECK(isnan(s[0]) && isnan(s[1]) && isnan(s16[0]) && isnan(s16[1]), "non-finite: NaN scale");
+    int zero = 1;
+    for (int i = 0; i < 8; i++) zero &= q[i] == 0 && q16[i] == 0;
+    CHECK(zero, "non-finite groups quantize to 0");
+    /* subnormal groups: the scale loses precision, x / scale may round past 127 */
+    float tiny[4] = {1.0e-40f, -9.9e-41f, 3.0e-41f, 0.0f};
+    quantize_q80(q, s, tiny, 4, 4);
+    quantize_a16(q16, s16, tiny, 4, 4);
+    CHECK(q[0] <= 127 && q[1] >= -127 && q16[0] <= 32767 && q16[1] >= -32767, "subnormal in range");
+}
+
 static void test_f32_fast(void) {
     size_t n = 77, d = 5;
     float *w = malloc(n * d * sizeof *w), x[77], a[5], b[5];
@@ -184,6 +205,7 @@ static void test_utf8(void) {
 int main(void) {
     test_q80_shapes();
     test_quantize_edges();
+    test_quantize_non_finite();
     test_f32_fast();
     test_sampler();
     test_utf8();

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,9 +353,55 @@ def measure(
         )
         return result
 
-    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
-        results = dict(zip(runs, pool.map(one, runs), strict=True))
+    workers = min(jobs or cores(), cores())  # one qemu per core: more only thrash
+    progress.say(f"{len(runs)} runs, {workers} at a time ({cores()} cores)")
+    results: dict[tuple[Configuration, int], tuple[Counts, str]] = {}
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = {pool.submit(one, r): r for r in runs}
+    try:
+        for f in as_completed(futures):
+            results[futures[f]] = f.result()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the qemu children too (one process group): drop what has not
+        # started, wait for the rest, then weigh the configurations whose two runs finished
+        pool.shutdown(wait=True, cancel_futures=True)
+        for f, run in futures.items():
+            if f.done() and not f.cancelled() and f.exception() is None:
+                results[run] = f.result()
+        done = [c for c in configs if (c, FIRST) in results and (c, LAST) in results]
+        raise Interrupted(
+            f"interrupted (Ctrl-C) after {len(results)} of {len(runs)} runs: "
+            f"{len(done)} of {len(configs)} configurations complete",
+            _weigh(done, results, models, host, tokenizer),
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return _weigh(configs, results, models, host, tokenizer)
 
+
+def cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Interrupted(RiscvBenchError):
+    """Ctrl-C during the runs; `partial` holds the configurations that were complete."""
+
+    def __init__(self, msg: str, partial: list[Measurement]) -> None:
+        super().__init__(msg)
+        self.partial = partial
+
+
+def _weigh(
+    configs: Sequence[Configuration],
+    results: dict[tuple[Configuration, int], tuple[Counts, str]],
+    models: dict[str, BinaryModel],
+    host: Path,
+    tokenizer: Path,
+) -> list[Measurement]:
     out = []
     for c in configs:
         (short, s_story), (long, l_story) = results[(c, FIRST)], results[(c, LAST)]

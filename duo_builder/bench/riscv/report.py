@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from duo_builder.bench.riscv import count
 from duo_builder.bench.riscv.count import (
     PLUGIN_SRC,
     QEMU,
@@ -133,4 +134,10 @@ def main(
         f"riscv bench: {len(configs)} configurations x 2 runs (-n {FIRST}, -n {LAST}) under "
         f"{QEMU} with {PLUGIN_SRC.relative_to(ENGINE_SRC.parent)}, target {target}"
     )
-    report(measure(configs, tok))
+    try:
+        measured = measure(configs, tok)
+    except count.Interrupted as e:  # the table of what finished, then the one-line error
+        if e.partial:
+            report(e.partial)
+        raise
+    report(measured)

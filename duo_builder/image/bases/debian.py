@@ -3,20 +3,25 @@
 A QEMU `virt` RISC-V machine with 64 MB of RAM, like the Duo, built entirely from Debian:
 - the kernel from `linux-source-6.12` with buildroot-external/board/qemu-virt/linux.fragment
   on top of `tinyconfig` (Debian's generic kernel panics below ~112 MB);
-- the userland from sid's riscv64 packages, extracted without emulation (busybox init,
-  eSpeak NG, PocketSphinx, ALSA) plus our payload;
+- the userland from sid's riscv64 packages, extracted without emulation (busybox init and
+  little else) plus our payload, whose static storyteller brings its own ALSA, eSpeak NG
+  and PocketSphinx with their data: the very files the Duo's images get;
 - an ext4 image that is byte-identical when rebuilt from the same inputs.
 
 `boot()` runs it headless with the prompt on the kernel command line; the guest's
 /etc/init.d/S99storyteller (overlay/etc/init.d/) reads these parameters from /proc/cmdline:
-  storyteller.prompt="TEXT"     tell one story starting with TEXT (no double quotes)
+  storyteller.prompt64=BASE64   tell one story starting with that text (any text, UTF-8)
+  storyteller.prompt="TEXT"     the same, TEXT as is (no double quotes)
   storyteller.steps=N           its length in tokens (default: steps in storyteller.conf)
   storyteller.seed=N            its random seed (default: seed in storyteller.conf)
   storyteller.results=/dev/vdb  write story.txt, story.wav, storyteller.log to that disk
   storyteller.play=1            speak through ALSA (the snd-aloop card) instead of the WAV
   storyteller.test=1            power off when done
+`ssh_guest()` (`invoke qemu --ssh PORT`) boots it with S50dropbear's SSH server instead:
+  storyteller.ssh=/dev/vdb      a disk holding the authorized_keys for root (S50DROPBEAR)
 """
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -35,7 +40,16 @@ from pathlib import Path
 from duo_builder.build import toolchain
 from duo_builder.build.hostdeps import ensure_commands, ensure_packages
 from duo_builder.errors import BuildError, run
-from duo_builder.fsutil import atomic_writer, exclusive_lock, sha256_file
+from duo_builder.fsutil import (
+    atomic_path,
+    atomic_writer,
+    exclusive_lock,
+    free_bytes,
+    locked_tempdir,
+    remove_stale,
+    sha256_file,
+    temp_prefix,
+)
 from duo_builder.image import manifest, payload
 from duo_builder.image.manifest import Made
 from duo_builder.image.payload import Payload
@@ -44,7 +58,9 @@ from duo_builder.paths import BUILD, REPO
 
 BOARD = REPO / "buildroot-external" / "board" / "qemu-virt"
 KERNEL_FRAGMENT = BOARD / "linux.fragment"
-CACHE = BUILD / "cache"
+# The kernel and rootfs caches; DUO_BUILD_CACHE moves them (tests/test_faults.py damages a
+# private copy rather than the cache every other build uses)
+CACHE = Path(os.environ.get("DUO_BUILD_CACHE") or BUILD / "cache")
 KERNEL_SOURCE_PKG = "linux-source-6.12"
 KERNEL_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 CROSS = "riscv64-linux-gnu-"
@@ -124,23 +140,78 @@ def build_kernel(out_dir: Path, *, jobs: int | None = None) -> Path:
     cross gcc version), so a rebuild with the same inputs costs nothing. Concurrent
     callers wait for one build rather than race."""
     kernel_host_deps()
+    remove_stale(CACHE / "kernel", KERNEL_WORK, _say)  # a killed compile's 1.5 GB
     cached = CACHE / "kernel" / kernel_cache_key() / "Image"
-    if cached.exists():
+    if _kernel_verified(cached):
         _say(f"kernel: cached {cached}")
     else:
         with exclusive_lock(CACHE / "kernel" / ".lock"):
-            if not cached.exists():  # else built by another process while we waited
+            if not _kernel_verified(cached):  # else built by another process while we waited
                 _build_kernel_uncached(cached, jobs or os.cpu_count() or 1)
     out = Path(out_dir) / "Image"
     if out.resolve() != cached.resolve():
-        _copy_atomic(cached, out)
+        _copy_verified(cached, out)
     return out
+
+
+KERNEL_WORK = "work."  # build/cache/kernel/work.XXXXXXXX.tmp: sources and objects
+
+
+def _stamp(path: Path) -> Path:
+    """Where the sha256 of a cached artefact, recorded when it was made, is kept."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _record(path: Path, digest: str | None = None) -> str:
+    digest = digest or sha256_file(path)
+    with atomic_writer(_stamp(path)) as f:
+        f.write(f"{digest}  {path.name}\n".encode())
+    return digest
+
+
+def _recorded(path: Path) -> str | None:
+    try:
+        return _stamp(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _kernel_verified(cached: Path) -> bool:
+    """The cached Image is there and has the sha256 recorded when it was built; a mismatch
+    is said in one line and the Image removed (the caller builds it again). A cache made
+    before hashes were recorded has its hash recorded now."""
+    if not cached.is_file():
+        return False
+    recorded, actual = _recorded(cached), sha256_file(cached)
+    if recorded is None:
+        _say(f"kernel: recording the sha256 of {cached} (cached before hashes were kept)")
+        _record(cached, actual)
+        return True
+    if actual == recorded:
+        return True
+    _say(
+        f"kernel: cached {cached} has sha256 {actual[:16]}…, not the {recorded[:16]}… "
+        "recorded when it was built: building it again"
+    )
+    cached.unlink()
+    return False
+
+
+def _copy_verified(cached: Path, out: Path) -> None:
+    """Copy the cached Image to out, hashing what is copied against the recorded sha256."""
+    h = hashlib.sha256()
+    with atomic_writer(out) as dst, open(cached, "rb") as src:
+        while block := src.read(1 << 20):
+            h.update(block)
+            dst.write(block)
+        if (recorded := _recorded(cached)) and h.hexdigest() != recorded:
+            raise QemuImageError(f"{cached} changed while being copied to {out}; run again")
 
 
 def _build_kernel_uncached(dst: Path, jobs: int) -> None:
     start = time.monotonic()
-    # ~1.5 GB of sources and objects, only while building
-    with tempfile.TemporaryDirectory(prefix="work.", dir=dst.parent.parent) as work:
+    # ~1.5 GB of sources and objects, only while building (a killed build's: remove_stale)
+    with locked_tempdir(dst.parent.parent, KERNEL_WORK) as work:
         src, obj = Path(work) / "src", Path(work) / "obj"
         src.mkdir()
         obj.mkdir()
@@ -158,6 +229,7 @@ def _build_kernel_uncached(dst: Path, jobs: int) -> None:
         _make_with_progress([*make, f"-j{jobs}", "Image"], env, start)
         _copy_atomic(config, dst.with_name("config"))
         _copy_atomic(obj / "arch" / "riscv" / "boot" / "Image", dst)
+        _record(dst)
     size = dst.stat().st_size / 1e6
     _say(f"kernel: {dst} ({size:.1f} MB) in {time.monotonic() - start:.0f} s")
 
@@ -192,6 +264,7 @@ def _make_with_progress(cmd: list[str | Path], env: dict[str, str], start: float
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_die_with_parent,  # a kill -9 of the build must not leave make running
     )
     assert proc.stdout is not None
     tail: list[str] = []
@@ -207,6 +280,15 @@ def _make_with_progress(cmd: list[str | Path], env: dict[str, str], start: float
         raise QemuImageError("kernel build failed:\n" + "\n".join(tail))
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the builder dies (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def _copy_atomic(src: Path, dst: Path) -> None:
     with atomic_writer(dst) as out, open(src, "rb") as f:
         shutil.copyfileobj(f, out)
@@ -217,45 +299,24 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "sid"
 TRIPLET = "riscv64-linux-gnu"
-# What the guest runs: busybox as init and shell, the storyteller's libraries and data
-# (same sid packages the toolchain chroot builds it against), ALSA tools for debugging and
-# the espeak-ng command (S99storyteller's fallback speaks with it when the storyteller is
-# missing). Their dependencies come along.
+# What the guest runs: busybox as init and shell. The payload's programs are static and
+# bring their libraries and data (duo_builder.build.payload_libs), as on the Duo: no
+# Debian espeak-ng, pocketsphinx or alsa here. Dependencies come along.
 ROOTFS_PACKAGES = (
     "busybox",
     "libc6",
-    "libespeak-ng1",
-    "espeak-ng-data",
-    "espeak-ng",
-    "libpocketsphinx5",
-    "pocketsphinx-en-us",
-    "libasound2t64",
-    "alsa-utils",
-)
-# The toolchain's riscv64 libraries that must match the guest's (name in its manifest)
-SHARED_WITH_TOOLCHAIN = (
-    "libc6:riscv64",
-    "libespeak-ng1:riscv64",
-    "espeak-ng-data:riscv64",
-    "libpocketsphinx5:riscv64",
-    "pocketsphinx-en-us",
-    "libasound2t64:riscv64",
+    "dropbear-bin",  # SSH for `invoke qemu --ssh` (S50dropbear starts it only when asked)
 )
 # Bump when the base tarball's recipe changes, so cached ones are rebuilt.
 ROOTFS_RECIPE = "1"
-ESPEAK_DATA = f"usr/lib/{TRIPLET}/espeak-ng-data"
-PS_MODEL = "usr/share/pocketsphinx/model/en-us"
 # Dropped from the packages: documentation, translations, shell completions, iconv modules,
-# non-English eSpeak dictionaries, PocketSphinx's big language models (only the en-us
-# acoustic model is used, with our own dictionary), mmdebstrap's apt set-up, device nodes
-# (devtmpfs provides /dev) and whatever we write ourselves.
+# mmdebstrap's apt set-up, device nodes (devtmpfs provides /dev) and whatever we write
+# ourselves.
 TRIM = re.compile(
     r"usr/share/(doc|man|info|locale|lintian|bash-completion|fish|zsh|vim|initramfs-tools"
     r"|X11|sounds|bug|menu)(/.*)?"
     rf"|usr/lib/{TRIPLET}/(gconv|alsa-topology)(/.*)?"
     r"|usr/share/alsa/ucm2(/.*)?"
-    rf"|{ESPEAK_DATA}/(?!en_dict$)[^/]+_dict"
-    rf"|{PS_MODEL}/(?!en-us(/|$)).*"
     r"|etc/(apt|dpkg|hostname|resolv\.conf|fstab|init\.d/alsa-utils)(/.*)?"
     r"|var/(cache|log|lib/apt)/.+"
     r"|dev/.+"
@@ -283,17 +344,18 @@ def build_rootfs(
     them, so no emulation is needed. The cache holds whatever the mirror served the first
     time (sid moves on): pass refresh=True to fetch today's packages."""
     ensure_commands({"mmdebstrap": "mmdebstrap", "gpgv": "gpgv"}, "building the qemu rootfs")
+    remove_stale(CACHE / "rootfs", MMDEBSTRAP_WORK, _say)
     key = hashlib.sha256("\0".join([ROOTFS_RECIPE, suite, mirror, *packages]).encode())
     cache = CACHE / "rootfs" / key.hexdigest()[:16]
     tarball, listing = cache / "rootfs.tar", cache / "packages.txt"
-    if refresh or not (tarball.exists() and listing.exists()):
+    if refresh or not (_rootfs_verified(tarball) and listing.exists()):
         with exclusive_lock(cache.parent / ".lock"):
-            if refresh or not (tarball.exists() and listing.exists()):
+            if refresh or not (_rootfs_verified(tarball) and listing.exists()):
                 _mmdebstrap(tarball, listing, suite, mirror, packages)
+                _record_members(tarball)
     else:
         _say(f"rootfs: cached {tarball}")
     versions = dict(line.split(" ", 1) for line in listing.read_text().splitlines() if line)
-    _compare_with_toolchain(versions)
     return RootfsBase(tarball, versions)
 
 
@@ -303,8 +365,11 @@ def _mmdebstrap(
     start = time.monotonic()
     _say(f"rootfs: fetching {len(packages)} {suite} riscv64 packages and their dependencies")
     tarball.parent.mkdir(parents=True, exist_ok=True)
+    # fixed names: made and used only under the rootfs lock, so any found now are stale
     tmp = tarball.with_name(f".{tarball.name}.tmp")
     tmp_listing = listing.with_name(f".{listing.name}.tmp")
+    for stale in (tmp, tmp_listing, _stamp(tarball), _members(tarball)):
+        stale.unlink(missing_ok=True)
     # The extract variant leaves dpkg's status empty: list the .debs while they are there
     list_debs = (
         'for deb in "$1"/var/cache/apt/archives/*.deb; do '
@@ -326,29 +391,84 @@ def _mmdebstrap(
         str(tmp),
         mirror,
     ]
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "0"}
-    _run(cmd, f"mmdebstrap ({suite} riscv64 from {mirror})", env=env, timeout=900)
-    count = len(tmp_listing.read_text().splitlines())
-    os.replace(tmp, tarball)
-    os.replace(tmp_listing, listing)
+    # mmdebstrap's own work folder (~300 MB) beside the cache, not in /tmp: a killed run's
+    # is found and removed by the next (remove_stale in build_rootfs)
+    with locked_tempdir(tarball.parent.parent, MMDEBSTRAP_WORK) as work:
+        work.chmod(0o755)  # apt's _apt user downloads into it
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "TMPDIR": str(work)}
+        try:
+            _run(cmd, f"mmdebstrap ({suite} riscv64 from {mirror})", env=env, timeout=900)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            tmp_listing.unlink(missing_ok=True)
+            raise
+    try:
+        count = len(tmp_listing.read_text().splitlines())
+        os.replace(tmp, tarball)
+        os.replace(tmp_listing, listing)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_listing.unlink(missing_ok=True)
     _say(f"rootfs: {count} packages in {time.monotonic() - start:.0f} s")
 
 
-def _compare_with_toolchain(versions: dict[str, str]) -> None:
-    """Warn when the guest's libraries differ from those the storyteller was built against."""
-    manifest = BUILD / "toolchains" / "sid-riscv64.manifest.json"
-    if not manifest.exists():
-        return
-    import json
+MMDEBSTRAP_WORK = ".mmdebstrap."  # build/cache/rootfs/.mmdebstrap.XXXXXXXX.tmp
 
-    built = json.loads(manifest.read_text()).get("installed", {})
-    for name in SHARED_WITH_TOOLCHAIN:
-        pkg = name.split(":")[0]
-        if name in built and pkg in versions and built[name] != versions[pkg]:
-            _say(
-                f"warning: guest has {pkg} {versions[pkg]} but the toolchain built against "
-                f"{built[name]}; rebuild one of them (build_rootfs(refresh=True))"
-            )
+
+def _members(tarball: Path) -> Path:
+    return tarball.with_name(tarball.name + ".members")
+
+
+def tar_members(tarball: Path) -> list[str]:
+    """The tarball's member names in order, read to its end: Python's tarfile stops
+    silently at a damaged header, so whatever follows the last member must be zeros."""
+    with open(tarball, "rb") as f, tarfile.open(fileobj=f) as tar:
+        names = [m.name for m in tar]
+        end = tar.offset
+        f.seek(end)
+        while block := f.read(1 << 16):
+            if block.count(0) != len(block):
+                raise QemuImageError(
+                    f"{tarball}: damaged tar header after member {len(names)} "
+                    f"({names[-1] if names else 'none'}, byte {end})"
+                )
+    return names
+
+
+def _record_members(tarball: Path) -> None:
+    """Record the new tarball's sha256 and member list (checked on every later use)."""
+    names = tar_members(tarball)
+    with atomic_writer(_members(tarball)) as f:
+        f.write(("\n".join(names) + "\n").encode())
+    _record(tarball)
+
+
+def _rootfs_verified(tarball: Path) -> bool:
+    """The cached tarball has the sha256 recorded when it was made (its member list is
+    checked again while extracting); a mismatch is said in one line and the tarball
+    removed (the caller fetches it again). A cache made before hashes were recorded is
+    read to its end once and recorded."""
+    if not tarball.is_file():
+        return False
+    recorded = _recorded(tarball)
+    if recorded is None or not _members(tarball).is_file():
+        try:
+            _say(f"rootfs: recording the sha256 and members of {tarball} (cached before)")
+            _record_members(tarball)
+            return True
+        except (QemuImageError, tarfile.TarError) as e:
+            _say(f"rootfs: cached {tarball} is damaged ({e}): fetching it again")
+            tarball.unlink()
+            return False
+    actual = sha256_file(tarball)
+    if actual == recorded:
+        return True
+    _say(
+        f"rootfs: cached {tarball} has sha256 {actual[:16]}…, not the {recorded[:16]}… "
+        "recorded when it was made: fetching it again"
+    )
+    tarball.unlink()
+    return False
 
 
 # --- the disk image --------------------------------------------------------------------------
@@ -406,7 +526,35 @@ export PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
 export LD_LIBRARY_PATH=/usr/local/lib:/usr/lib/riscv64-linux-gnu:/usr/lib
 PS1='\\h:\\w\\$ '
 """
+# SSH for `invoke qemu --ssh` (deploy and bench over SSH, as on a board): started only
+# when the kernel command line names a disk holding the host's authorized_keys
+# (storyteller.ssh=/dev/vdX); root logs in with that key only (-s: no passwords). The host
+# key is made at first boot (never baked into the image) and its public half printed on the
+# console, from which the host writes its known_hosts entry.
+S50DROPBEAR = """\
+#!/bin/sh
+# S50dropbear: SSH server of the QEMU test machine, only with storyteller.ssh=/dev/vdX.
+PATH=/usr/bin:/usr/sbin:/bin:/sbin
+case "$1" in start | "") ;; *) exit 0 ;; esac
+dev=$(sed -n 's/.*storyteller[.]ssh=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+[ -n "$dev" ] || exit 0
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2
+mkdir -p /mnt/ssh /root/.ssh /etc/dropbear
+if mount -o ro -t ext4 "$dev" /mnt/ssh; then
+    cp /mnt/ssh/authorized_keys /root/.ssh/authorized_keys
+    umount /mnt/ssh
+fi
+chmod 700 /root /root/.ssh
+chmod 600 /root/.ssh/authorized_keys
+key=/etc/dropbear/dropbear_ed25519_host_key
+[ -s $key ] || dropbearkey -t ed25519 -f $key >/dev/null 2>&1
+echo "ssh: host key $(dropbearkey -y -f $key | grep '^ssh-')"
+dropbear -r $key -s -p 22 -P /var/run/dropbear.pid && echo "ssh: ready"
+"""
 BASE_FILES = {
+    "etc/init.d/S50dropbear": (S50DROPBEAR, 0o755),
+    "etc/shells": ("/bin/sh\n", 0o644),
     "etc/inittab": (INITTAB, 0o644),
     "etc/init.d/rcS": (RCS, 0o755),
     "etc/fstab": (FSTAB, 0o644),
@@ -471,14 +619,21 @@ def image_host_deps() -> None:
 
 def make(r: Recipe, files: Payload, out: Path, work: Path) -> Made:
     """The debian base: kernel, the suite's packages and the payload, as out/<recipe>.img."""
+    check_space(out, r.image_size_mb, None)  # before anything lands in out/
+    had_kernel = (out / "Image").exists()
     kernel = build_kernel(out)
-    result = build_image(
-        payload=files,
-        out=out / f"{r.name}.img",
-        source_date_epoch=manifest.source_date_epoch(),
-        size_mb=r.image_size_mb,
-        base=build_rootfs(suite=r.base.suite),
-    )
+    try:
+        result = build_image(
+            payload=files,
+            out=out / f"{r.name}.img",
+            source_date_epoch=manifest.source_date_epoch(),
+            size_mb=r.image_size_mb,
+            base=build_rootfs(suite=r.base.suite),
+        )
+    except BaseException:
+        if not had_kernel:  # a failed build leaves out/ as it found it
+            kernel.unlink(missing_ok=True)
+        raise
     extra = {
         "kernel": {"file": kernel.name, "sha256": sha256_file(kernel), "source": KERNEL_SOURCE_PKG},
         "toolchain": toolchain.manifest(),
@@ -507,13 +662,19 @@ def build_image(
     base = base or build_rootfs()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".qemu-image.", dir=out.parent) as tmp:
+    # what a killed run left here: its staging folder and its temporary image
+    remove_stale(out.parent, STAGING, _say)
+    remove_stale(out.parent, temp_prefix(out), _say)
+    check_space(out.parent, size_mb, base.tarball)
+    with locked_tempdir(out.parent, STAGING) as tmp:
         staging = Path(tmp) / "root"
+        _say(f"image: unpacking the base packages into {tmp}")
         owners = _extract_base(base.tarball, staging)
         _add_base_system(staging)
         files = _add_payload(staging, payload)
         content = _normalise_times(staging, source_date_epoch)
-        with _atomic_path(out) as dst:
+        with atomic_path(out) as dst:
+            _say(f"image: making the ext4 file system in {dst}")
             _make_ext4(staging, dst, size_mb, source_date_epoch, owners, Path(tmp))
     digest = sha256_file(out)
     _say(
@@ -523,13 +684,42 @@ def build_image(
     return ImageResult(out, digest, out.stat().st_size, files, base.packages, content)
 
 
+STAGING = ".qemu-image."  # out/.qemu-image.XXXXXXXX.tmp: the root filesystem's files
+
+
+class DiskFullError(QemuImageError):
+    """Not enough free space for the image; says where and how much."""
+
+
+def space_needed(size_mb: int, tarball: Path | None) -> int:
+    """Bytes the image stage needs beside the image: the staging folder (about the size of
+    the packages' tarball) and the image's written blocks (at most size_mb)."""
+    # the staging folder holds about half the tarball (TRIM drops the rest)
+    staging = tarball.stat().st_size // 2 if tarball and tarball.is_file() else 64 << 20
+    return staging + min(size_mb << 20, staging + (16 << 20))
+
+
+def check_space(where: Path, size_mb: int, tarball: Path | None) -> None:
+    need, free = space_needed(size_mb, tarball), free_bytes(where)
+    if free < need:
+        raise DiskFullError(
+            f"{where}: not enough free space for the image: it needs about "
+            f"{-(-need // (1 << 20))} MB, {free // (1 << 20)} MB are free; free some or "
+            "build into another directory"
+        )
+
+
 def _extract_base(tarball: Path, staging: Path) -> dict[str, tuple[int, int]]:
-    """Unpack the packages minus TRIM into staging; returns their owners by path."""
+    """Unpack the packages minus TRIM into staging; returns their owners by path. The
+    members must be those recorded when the tarball was made (see _record_members)."""
     owners: dict[str, tuple[int, int]] = {}
     staging.mkdir()
+    expected = _members(tarball).read_text().splitlines() if _members(tarball).is_file() else None
     with tarfile.open(tarball) as tar:
         keep = []
+        seen = []
         for member in tar:
+            seen.append(member.name)
             name = member.name.removeprefix("./").rstrip("/")
             if not name or TRIM.fullmatch(name) or member.ischr() or member.isblk():
                 continue
@@ -537,6 +727,11 @@ def _extract_base(tarball: Path, staging: Path) -> dict[str, tuple[int, int]]:
                 continue
             owners[name] = (member.uid, member.gid)
             keep.append(member)
+        if expected is not None and seen != expected:
+            raise QemuImageError(
+                f"{tarball}: {len(seen)} members, but {len(expected)} were recorded when it "
+                f"was made (damaged?): delete {tarball.parent} and build again"
+            )
         # fully_trusted is what extractall did before filters (Python < 3.11.4, e.g. the
         # builder container's Debian 3.11.2, which has no `filter` argument)
         trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
@@ -616,21 +811,6 @@ def _normalise_times(root: Path, epoch: int) -> int:
     return total
 
 
-@contextlib.contextmanager
-def _atomic_path(dst: Path) -> Iterator[Path]:
-    """A temporary path beside dst that becomes dst only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _make_ext4(
     staging: Path,
     image: Path,
@@ -650,16 +830,25 @@ def _make_ext4(
     }
     with open(image, "wb") as f:
         f.truncate(size_mb << 20)
-    _run(
-        [
-            "mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs",
-            "-U", ROOTFS_UUID,
-            "-E", f"hash_seed={ROOTFS_UUID},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0",
-            "-d", staging, image,
-        ],
-        f"mke2fs -d (root filesystem of {size_mb} MB; too small?)",
-        env=env,
-    )  # fmt: skip
+    try:
+        _run(
+            [
+                "mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs",
+                "-U", ROOTFS_UUID,
+                "-E", f"hash_seed={ROOTFS_UUID},lazy_itable_init=0,lazy_journal_init=0,"
+                "root_owner=0:0",
+                "-d", staging, image,
+            ],
+            f"mke2fs -d (root filesystem of {size_mb} MB; too small?)",
+            env=env,
+        )  # fmt: skip
+    except QemuImageError:
+        if free_bytes(image.parent) < (4 << 20):  # the disk filled up, not the image
+            raise DiskFullError(
+                f"{image.parent}: no space left on the device while writing the image "
+                f"(it needs about {-(-space_needed(size_mb, None) // (1 << 20))} MB there)"
+            ) from None
+        raise
     # mke2fs 1.47.0 copies ctime and atime from the staging files (the time we wrote
     # them) and their owners (whoever ran the build): set both explicitly
     script = tmp / "debugfs.cmds"
@@ -741,12 +930,13 @@ def kernel_command_line(
     if play:
         args.append("storyteller.play=1")
     if prompt is not None:
-        if '"' in prompt or "\n" in prompt or len(prompt.encode()) > MAX_PROMPT:
-            raise ValueError(
+        # base64: quotes, spaces and any other text travel intact (S99storyteller decodes)
+        if len(prompt.encode()) > MAX_PROMPT:
+            raise QemuImageError(
                 f"prompt for the kernel command line: at most {MAX_PROMPT} bytes, "
-                'one line, no double quote (")'
+                f"got {len(prompt.encode())}"
             )
-        args.append(f'storyteller.prompt="{prompt}"')
+        args.append(f"storyteller.prompt64={base64.b64encode(prompt.encode()).decode()}")
     return " ".join(args)
 
 
@@ -804,6 +994,88 @@ def boot(
     console = console_log.read_text(errors="replace")
     _say(f"boot: guest powered off after {seconds:.1f} s; results in {out}")
     return _parse_console(console, seconds, files)
+
+
+@dataclass(frozen=True)
+class SshGuest:
+    """A running guest with SSH forwarded to 127.0.0.1:port (see ssh_guest)."""
+
+    port: int
+    host_key: str  # the guest's public host key line, "ssh-ed25519 AAAA..."
+    console_log: Path
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def ssh_guest(
+    image: Path,
+    kernel: Path,
+    *,
+    port: int,
+    authorized_keys: bytes,
+    console_log: Path,
+    timeout: float = 300,
+) -> Iterator[SshGuest]:
+    """Boot the image with user networking forwarding 127.0.0.1:`port` (loopback only;
+    `restrict=on`: the guest reaches nothing outside) to the guest's dropbear, and yield
+    once it answers; the machine is stopped when the block ends. The guest boots a copy of
+    `image`; a small ext4 disk carries `authorized_keys` in (S50DROPBEAR); the robot is off
+    (storyteller.mode=off) so the CPU is free for deploy and bench."""
+    boot_host_deps()
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="qemu-ssh-") as tmp:
+        disk, keys = Path(tmp) / "root.img", Path(tmp) / "keys.img"
+        shutil.copyfile(image, disk)
+        seed = Path(tmp) / "seed"
+        seed.mkdir()
+        (seed / "authorized_keys").write_bytes(authorized_keys)
+        with open(keys, "wb") as f:
+            f.truncate(1 << 20)
+        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", seed, keys], "mke2fs (the key disk)")
+        append = (
+            "console=ttyS0 root=/dev/vda rw rootwait panic=-1 quiet "
+            "storyteller.mode=off storyteller.ssh=/dev/vdb"
+        )
+        cmd = qemu_command(Path(kernel), disk, keys, append)
+        cmd[cmd.index("-nic") : cmd.index("-nic") + 2] = [
+            "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device", "virtio-net-pci,netdev=net0,romfile=",  # romfile=: no option ROM needed
+            "-device", "virtio-rng-pci",
+        ]  # fmt: skip
+        with open(console_log, "wb") as log:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            yield SshGuest(port, _wait_for_ssh(proc, console_log, timeout), console_log, proc)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_for_ssh(proc: subprocess.Popen, console_log: Path, timeout: float) -> str:
+    """The guest's host key line, once its console says `ssh: ready`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        console = console_log.read_text(errors="replace")
+        key = re.search(r"^ssh: host key (ssh-\S+ \S+)", console, re.M)
+        if key and re.search(r"^ssh: ready", console, re.M):
+            return key[1]
+        if proc.poll() is not None:
+            raise QemuImageError(
+                f"qemu exited with {proc.returncode} before SSH was up:\n{_tail(console_log)}"
+            )
+        time.sleep(0.5)
+    raise QemuImageError(
+        f"the guest's SSH server did not start within {timeout:.0f} s (an image built before "
+        f"dropbear was added? rebuild it); console tail:\n{_tail(console_log)}"
+    )
 
 
 def _run_qemu(cmd: list[str], console_log: Path, timeout: float) -> float:

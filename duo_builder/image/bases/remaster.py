@@ -56,7 +56,7 @@ SWAP_TYPE = 0x82
 EXT_MAGIC_OFFSET = 1024 + 56
 TOOLS = {"debugfs": "e2fsprogs", "dumpe2fs": "e2fsprogs", "e2fsck": "e2fsprogs", "mcopy": "mtools"}
 _SBIN = ("/usr/sbin", "/sbin")  # e2fsprogs lives here, often off a normal user's PATH
-_SAFE_GUEST = re.compile(r"^/[A-Za-z0-9._+@%=,:~/-]+$")  # no quoting needed inside debugfs
+_SAFE_GUEST = re.compile(r"^/[A-Za-z0-9._+@%=,:~!/-]+$")  # no quoting needed inside debugfs
 
 
 class _Hash(Protocol):

@@ -2,9 +2,10 @@
 
 The payload is staged as a directory laid out like the target; Buildroot's post-build
 script (buildroot-external/board/milkv-duo/post-build.sh) copies it over the target, so
-our llama2 (gcc 15's XTheadVector kernels) replaces the Buildroot package's, whose vendor
-gcc knows no __riscv_ vector intrinsics. A declared file the payload lacks for the target
-(the c906 storyteller, for now) stays the Buildroot package's build.
+our static llama2 and storyteller (gcc 15's XTheadVector kernels, with their own alsa-lib,
+espeak-ng and pocketsphinx and data under /usr/share/storyteller) replace the Buildroot
+packages' builds, whose vendor gcc knows no __riscv_ vector intrinsics: the robot runs the
+fast kernels. A declared file the payload lacks stays the Buildroot package's build.
 """
 
 import os
