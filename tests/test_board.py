@@ -90,7 +90,8 @@ def guest_port():
         assert any("SSH up in" in ln and f"port {port}" in ln for ln in lines), "".join(lines)
         yield port
     finally:
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM stops it as Ctrl-C does (a background CI shell may leave SIGINT ignored)
+        proc.send_signal(signal.SIGTERM)
         try:
             rest, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:

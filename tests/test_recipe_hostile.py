@@ -105,8 +105,11 @@ def test_oversized_recipe(tmp_path):
         (
             "size_mb: 128",
             "size_mb: !!python/object:os.system x",
-            "could not determine a constructor",
+            "explicit tags (!!type) are not allowed",
         ),
+        # found by the recipe fuzzer: a tag, or a date PyYAML resolves but cannot build
+        ("size_mb: 128", "size_mb: !!timestamp 0", "explicit tags (!!type) are not allowed"),
+        ("prompt: Once upon a time", "prompt: 2024-13-45", "a value YAML cannot read"),
         ("suite: sid", "suite: &x sid", "anchors and aliases"),
         ("path: models/stories260K.bin", "path: /dev", "is a directory"),
         ("tokenizer: models/tok512.bin", "tokenizer: models/", "is a directory"),

@@ -142,12 +142,22 @@ count.engine.build = lambda t: Path("/bin/true")
 class Counts:
     total = 1e6
 
+calls, lock = [0], threading.Lock()
+
 def fake_run(binary, target, model, tok, kpath, n, out):
-    subprocess.run(["sleep", "2" if n == count.FIRST else "0.5"], check=False)
+    # Ctrl-C arrives when the fourth run starts: by then three have finished or are
+    # finishing, whatever the machine's load (no timer races the runs)
+    with lock:
+        calls[0] += 1
+        fourth = calls[0] == 4
+    if fourth:
+        os.kill(os.getpid(), signal.SIGINT)
+    subprocess.run(["sleep", "3" if fourth else "0.2"], check=False)
     return Counts(), "story"
 
 count.count_run = fake_run
-threading.Timer(1.6, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+# a shell that started us in the background may have left SIGINT ignored: Ctrl-C's default
+signal.signal(signal.SIGINT, signal.default_int_handler)
 configs = [count.Configuration(f"c{i}", Path("m"), "ref") for i in range(3)]
 try:
     count.measure(configs, Path("tok"), jobs=8)

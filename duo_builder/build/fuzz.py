@@ -270,7 +270,9 @@ def fuzz(
     if target in PY_TARGETS:
         from duo_builder.image import recipe_fuzz
 
-        return recipe_fuzz.outcome(seconds, work)
+        spent, execs, rss, finding, log = recipe_fuzz.rounds(seconds, work)
+        per_s = int(execs / spent) if spent else 0
+        return Outcome(target, spent, execs, per_s, 0, rss, finding, log)
     exe = exe or binary(target)
     if not exe.exists():
         raise FuzzError(f"{exe} is missing: build the harnesses first (`invoke fuzz` does)")

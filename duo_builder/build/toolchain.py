@@ -89,7 +89,6 @@ KEY_PACKAGES = (
     "cpp-15-riscv64-linux-gnu",
     "binutils-riscv64-linux-gnu",
     "libc6-dev-riscv64-cross",
-    "libc6:riscv64",
     "make",
     "pkgconf",
     "gcc-15",

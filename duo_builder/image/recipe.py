@@ -358,6 +358,11 @@ class _Loader(yaml.SafeLoader):
                 problem="anchors and aliases (&, *) are not allowed in a recipe",
                 problem_mark=event.start_mark,
             )
+        if getattr(event, "tag", None) not in (None, "!"):  # !!timestamp, !!python/...
+            raise yaml.MarkedYAMLError(
+                problem="explicit tags (!!type) are not allowed in a recipe",
+                problem_mark=event.start_mark,
+            )
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -396,3 +401,8 @@ def parse_text(text: str, where: str) -> Any:
         raise RecipeError(f"{where}: not valid YAML: {' '.join(str(e).split())[:160]}") from None
     except RecursionError:
         raise RecipeError(f"{where}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:
+        # a plain scalar that PyYAML's resolvers take for a date or a number it then
+        # cannot build (prompt: 2024-13-45)
+        detail = " ".join(str(e).split())[:80]
+        raise RecipeError(f"{where}: not valid YAML: a value YAML cannot read ({detail})") from None

@@ -159,12 +159,10 @@ def property_test(
     return recipe_loader_says_one_line
 
 
-def outcome(seconds: float, work: Path) -> Any:
-    """`invoke fuzz --target recipe`: rounds of the property for `seconds`, as the engine
-    targets report them (duo_builder.build.fuzz.Outcome); a finding is saved under
-    work/findings/recipe/."""
-    from duo_builder.build.fuzz import Outcome
-
+def rounds(seconds: float, work: Path) -> tuple[float, int, int, Path | None, Path]:
+    """`invoke fuzz --target recipe`: rounds of the property for `seconds`; returns
+    (seconds spent, execs, peak RSS MB, the finding or None, the log), which build/fuzz.py
+    reports as it does the engine's targets. A finding is saved under work/findings/recipe/."""
     findings, log = work / "findings" / "recipe", work / "logs" / "recipe.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     counter, start, finding = [0], time.monotonic(), None
@@ -181,8 +179,7 @@ def outcome(seconds: float, work: Path) -> Any:
         spent = time.monotonic() - start
         out.write(f"{counter[0]} execs in {spent:.0f} s\n")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    per_s = int(counter[0] / spent) if spent else 0
-    return Outcome("recipe", spent, counter[0], per_s, 0, rss, finding, log)
+    return spent, counter[0], rss, finding, log
 
 
 def main(argv: list[str] | None = None) -> int:
