@@ -11,12 +11,11 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_download import PAYLOAD, SHA, ModelServer
+import test_download
+from test_download import PAYLOAD, SHA
 
 from duo_builder import fsutil
 from duo_builder.build import toolchain
@@ -90,14 +89,7 @@ def test_temp_files_are_removed_on_every_error_path(tmp_path):
 # --- model cache (M1, M2) ------------------------------------------------------------------
 
 
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    srv = ModelServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+server = test_download.server  # the same loopback model server fixture
 
 
 @pytest.fixture(autouse=True)
