@@ -71,10 +71,30 @@ def test_layout(faithful, packed_models):
     true = np.sqrt(np.square(w - what.astype(np.float64)).sum(axis=1))
     assert np.all(norms[: cfg.vocab_size] >= true) and np.all(norms[cfg.vocab_size :] == 0)
     assert np.all(norms[: cfg.vocab_size] <= true * (1 + 1e-6) + 1e-30)
-    trailer = data[off + blocks + rows * 4 :]
+    trailer = data[off + blocks + rows * 4 : off + blocks + rows * 4 + 16]
     (bound,) = struct.unpack_from("<f", trailer)
-    assert len(trailer) == 16 and trailer[4:] == bytes(12)
+    assert trailer[4:] == bytes(12)
     assert bound >= np.sqrt(np.square(what.astype(np.float64)).sum(axis=1)).max()
+    # the second level: the residual in int4 at s / 16, and the norms that bound the rest
+    # (per tile: nr2 and nw2 per row, then the int4 values)
+    second = np.frombuffer(data, np.uint8, offset=off + blocks + rows * 4 + 16)
+    tiles, norms = rows // packed.TILE_ROWS, 2 * packed.TILE_ROWS * 4
+    assert len(second) == tiles * packed.refine_block_bytes(cfg.dim)
+    second = second.reshape(tiles, -1)
+    n2 = np.ascontiguousarray(second[:, :norms]).view("<f4").reshape(tiles, 2, -1)
+    nr2, nw2 = n2[:, 0].reshape(-1), n2[:, 1].reshape(-1)
+    groups = -(-cfg.dim // packed.GROUP_SIZE)
+    b = second[:, norms:].reshape(-1, groups, packed.GROUP_SIZE // 2, packed.TILE_ROWS)
+    lo, hi = ((b & 0x0F).astype(np.int8) << 4) >> 4, b.view(np.int8) >> 4
+    q2 = np.stack([lo, hi], axis=3).transpose(0, 4, 1, 2, 3).reshape(rows, -1)[:, : cfg.dim]
+    assert q2.min() >= -8 and q2.max() <= 7
+    _, s = packed.quantize_groups(w.astype(np.float32), "q8")
+    step = np.repeat(s.astype(np.float64), packed.GROUP_SIZE, axis=1)[:, : cfg.dim] / 16
+    what2 = what.astype(np.float64) + q2[: cfg.vocab_size].astype(np.float64) * step
+    true2 = np.sqrt(np.square(w - what2).sum(axis=1))
+    assert np.all(nr2[: cfg.vocab_size] >= true2) and np.all(nr2[cfg.vocab_size :] == 0)
+    assert np.median(true[true > 0] / true2[true > 0]) > 10  # the point of it
+    assert np.all(nw2[: cfg.vocab_size] >= np.sqrt(np.square(what2).sum(axis=1)))
 
 
 # --- agreement with -k ref ---------------------------------------------------------------
@@ -187,6 +207,12 @@ def trailer_at(data: bytes) -> int:
     return off + blocks + 32 * 16 * 4
 
 
+def second_at(data: bytes, tile: int, part: int = 0) -> int:
+    """Where tile `tile`'s second level starts in section 11 (its nr2; part 1: its nw2, part
+    2: its int4 values)."""
+    return trailer_at(data) + 16 + tile * packed.refine_block_bytes(64) + part * 16 * 4
+
+
 MUTATIONS = {
     "weights-fp32": lambda d: with_int(d, 12, 1),  # fp32 has one section fewer
     "weights-q8": lambda d: with_int(d, 12, 2),
@@ -209,6 +235,11 @@ MUTATIONS = {
     "trailing": lambda d: d + b"\0",
     "truncated-last-byte": lambda d: d[:-1],
     "truncated-in-q8": lambda d: d[: q8_section(d)[1] + 100],
+    "truncated-in-second-level": lambda d: d[: second_at(d, 7, 2) + 100],
+    "norm2-negative": lambda d: at(d, second_at(d, 0) + 4 * 3, struct.pack("<f", -1e-3)),
+    "norm2-nan": lambda d: at(d, second_at(d, 31) + 4 * 15, struct.pack("<f", float("nan"))),
+    "row-norm-inf": lambda d: at(d, second_at(d, 0, 1), struct.pack("<f", float("inf"))),
+    "row-norm-negative": lambda d: at(d, second_at(d, 20, 1) + 4 * 9, struct.pack("<f", -2.0)),
 }
 
 

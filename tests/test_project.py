@@ -35,7 +35,7 @@ def test_python_is_ruff_clean():
         assert p.returncode == 0, p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("program", ["test_engine", "test_faithful"])
+@pytest.mark.parametrize("program", ["test_engine", "test_faithful", "test_softmax"])
 def test_c_unit_tests_under_sanitizers(asan_engine, program):
     p = subprocess.run([str(engine.binary("asan", program))], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -40,11 +40,16 @@ RVV_CPUS = {
 # (fused) within 1e-5; rows around tiles (one and two per pass, partial last
 # tiles), columns around groups, random bf16 scales (zero and subnormal ones too), and the
 # widest products (-128 / -8 weights against |x| = 127).
+# quantize_q80: bit-identical q and scales over random, wide-range, tied (k + 1/2 and
+# neighbours), zero and special (inf, NaN, FLT_MAX, subnormal) inputs, group sizes 1-288.
 # Attention over the binary16 cache: the ISA's bit-identical to the reference's (scores
 # and outputs), positions 0 to past 2 x VLMAX(e32m4) at VLEN 1024, head sizes around the
 # vector lengths, strides larger than the data, caches with subnormals, zeros of both
 # signs, every exponent, inf and NaN (then both NaN counts as equal), queries beyond
 # 2^16 (the reference's fallback) and none written past att[pos] or out[head_size - 1].
+# refine_q4a16 (the faithful path's int4 second level, one tile): bit-identical over 1-36
+# groups, random and extreme nibbles (-8) and activations (-32768, 32767), random bf16 scales,
+# nothing written past val[15].
 KERNEL_CHECK = r"""
 #include <math.h>
 #include <stdio.h>
@@ -253,6 +258,39 @@ static void check_packed(size_t rows, size_t cols) {
     }
 }
 
+/* ---- the faithful path's int4 second level x int16, one tile (refine_q4a16) ---- */
+/* kind 0: random nibbles and activations; 1: the widest sums (-8 nibbles, |x| = 32768 and
+ * 32767 alternating); 2: random nibbles, activations only -32768 and 32767 */
+static void check_refine(size_t groups, int kind) {
+    const size_t R = PACK_ROWS, G = PACK_GROUP;
+    unsigned char *nib = alloc16(groups * R * G / 2);
+    BlockQ8 *scales = (BlockQ8 *)(void *)alloc16(groups * sizeof(BlockQ8));
+    int16_t *x16 = malloc(groups * G * sizeof *x16);
+    float *xs = malloc(groups * sizeof *xs), out[PACK_ROWS + 1], ref[PACK_ROWS];
+    for (size_t i = 0; i < groups * R * G / 2; i++)
+        nib[i] = kind == 1 ? 0x88 : (unsigned char)rnd();
+    for (size_t g = 0; g < groups; g++) {
+        for (size_t r = 0; r < R; r++) scales[g].scale[r] = random_bf16();
+        xs[g] = uniform() * 1e-4f;
+        for (size_t j = 0; j < G; j++)
+            x16[g * G + j] = kind == 0   ? (int16_t)((int)(rnd() % 65536) - 32768)
+                           : kind == 1 ? (int16_t)(j % 2 ? 32767 : -32768)
+                                       : (int16_t)(rnd() % 2 ? 32767 : -32768);
+    }
+    out[R] = 12345.0f;
+    kernels_isa.refine_q4a16(out, nib, scales, groups, x16, xs);
+    kernels_ref.refine_q4a16(ref, nib, scales, groups, x16, xs);
+    for (size_t r = 0; r < R; r++) {
+        checks++;
+        if (memcmp(&out[r], &ref[r], sizeof(float)) != 0)
+            FAIL("refine %zu groups kind %d row %zu: %.9g vs %.9g\n", groups, kind, r, out[r],
+                 ref[r]);
+    }
+    checks++;
+    if (out[R] != 12345.0f) FAIL("refine %zu groups: wrote past the end\n", groups);
+    free(nib); free(scales); free(x16); free(xs);
+}
+
 /* ---- attention over the binary16 cache ---- */
 static int same(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
 
@@ -298,7 +336,107 @@ static void check_attention(int pos, int head_size, int specials, int kind) {
     free(key); free(value); free(q); free(att); free(out); free(ratt); free(rout);
 }
 
+/* quantize_q80: the ISA's q and scales bit-identical to the reference's, kind by kind:
+ * 0 random, 1 random over magnitudes 2^-140..2^120, 2 exact ties (scale a power of two, x
+ * = (k + 1/2) scale) and their neighbours, 3 zeros of both signs with whole zero groups,
+ * 4 specials (FLT_MAX, inf, NaN, subnormals: zero, subnormal and huge-quotient scales);
+ * nothing written past q[n - 1] or s[groups - 1]. */
+static float pick(int kind, size_t i, size_t gs) {
+    float u = uniform();
+    switch (kind) {
+    case 1: return ldexpf(u, (int)(rng >> 33) % 261 - 140);
+    case 2: {
+        float scale = ldexpf(1.0f, (int)(i / gs % 7) * 9 - 30);
+        if (i % gs == 0) return (i / gs % 2 ? -127.0f : 127.0f) * scale;
+        float k = floorf(u * 127.0f) + 0.5f;
+        float v = (i % 3 == 0) ? nextafterf(k, 0.0f) : (i % 3 == 1) ? k : nextafterf(k, 1e9f);
+        return v * scale;
+    }
+    case 3: return (i / gs) % 3 == 1 ? ((i & 1) ? -0.0f : 0.0f) : u;
+    case 4: {
+        const float sp[] = {0x1.fffffep127f, -0x1.fffffep127f, INFINITY, -INFINITY, NAN,
+                            0x1p-149f, -0x1p-149f, 0x1p-126f, 5e-45f, 3e-39f, 0.5f, -2.5f};
+        unsigned r = (unsigned)(rng >> 35);
+        if (r % 5 == 0) return sp[r / 5 % (sizeof sp / sizeof sp[0])];
+        return (i / gs) % 2 ? ldexpf(u, -140) : u;
+    }
+    default: return u;
+    }
+}
+
+static void check_quantize(size_t n, size_t gs, int kind) {
+    size_t groups = (n + gs - 1) / gs;
+    float *x = malloc(n * sizeof *x), *rs = malloc(groups * sizeof *rs);
+    float *is = malloc((groups + 1) * sizeof *is);
+    int8_t *rq = malloc(n), *iq = malloc(n + 1);
+    for (size_t i = 0; i < n; i++) x[i] = pick(kind, i, gs);
+    memset(iq, 0x55, n + 1);
+    is[groups] = 12345.0f;
+    kernels_ref.quantize_q80(rq, rs, x, n, gs);
+    kernels_isa.quantize_q80(iq, is, x, n, gs);
+    int bad = memcmp(rq, iq, n) != 0 || memcmp(rs, is, groups * sizeof *rs) != 0;
+    checks++;
+    if (bad) {
+        size_t i = 0;
+        while (i < n && rq[i] == iq[i]) i++;
+        FAIL("quantize n %zu gs %zu kind %d: q[%zu] %d vs %d (x %a, scale %a vs %a)\n", n, gs,
+             kind, i, i < n ? iq[i] : 0, i < n ? rq[i] : 0, i < n ? x[i] : 0.0,
+             i < n ? is[i / gs] : 0.0, i < n ? rs[i / gs] : 0.0);
+    }
+    checks++;
+    if (iq[n] != 0x55 || is[groups] != 12345.0f)
+        FAIL("quantize n %zu gs %zu: wrote past the end\n", n, gs);
+    free(x); free(rs); free(is); free(rq); free(iq);
+}
+
+/* swiglu_fast: the ISA's bits the reference's (NaN: both NaN), kind 0 the FFN's range,
+ * 1 magnitudes 2^-140..2^120 (exp_fast's clamps at -86.5 and 88 and both sides of them),
+ * 2 specials (+-inf, NaN, +-0, FLT_MAX, subnormals, the clamp edges) in a and b; every
+ * tail length; nothing written past hb[n - 1]. */
+static float pick_swiglu(int kind) {
+    const float sp[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 0x1.fffffep127f,
+                        -0x1.fffffep127f, 0x1p-149f, -3e-39f, 86.5f, -86.5f, 88.0f, -88.0f,
+                        86.50001f, -88.00001f, 1e30f, -1e30f};
+    float u = uniform();
+    unsigned r = (unsigned)(rng >> 35);
+    if (kind == 1) return ldexpf(u, (int)(r % 261) - 140);
+    if (kind == 2 && r % 3 == 0) return sp[r / 3 % (sizeof sp / sizeof sp[0])];
+    return u * 12.0f;
+}
+
+static void check_swiglu(size_t n, int kind) {
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    float *r = malloc(n * sizeof *r), *v = malloc((n + 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) a[i] = pick_swiglu(kind), b[i] = pick_swiglu(kind);
+    memcpy(r, a, n * sizeof *a);
+    memcpy(v, a, n * sizeof *a);
+    v[n] = 12345.0f;
+    kernels_ref.swiglu_fast(r, b, n);
+    kernels_isa.swiglu_fast(v, b, n);
+    for (size_t i = 0; i < n; i++) {
+        checks++;
+        if (memcmp(&r[i], &v[i], sizeof(float)) != 0 && !(isnan(r[i]) && isnan(v[i])))
+            FAIL("swiglu n %zu kind %d [%zu] (%a, %a): %a vs %a\n", n, kind, i, a[i], b[i],
+                 v[i], r[i]);
+    }
+    checks++;
+    if (v[n] != 12345.0f) FAIL("swiglu n %zu: wrote past the end\n", n);
+    free(a); free(b); free(r); free(v);
+}
+
 int main(void) {
+    if (!kernels_isa.quantize_q80) FAIL("the ISA set lacks quantize_q80\n");
+    if (!kernels_isa.swiglu_fast) FAIL("the ISA set lacks swiglu_fast\n");
+    for (size_t n = 1; n <= 70; n++)
+        for (int kind = 0; kind < 3; kind++) check_swiglu(n, kind);
+    for (int kind = 0; kind < 3; kind++)
+        for (int rep = 0; rep < 8; rep++) check_swiglu(768, kind); /* stories15M's hidden */
+    size_t qgs[] = {1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 100, 288};
+    size_t qn[] = {1, 5, 31, 32, 33, 64, 100, 288, 768, 1000};
+    for (size_t a = 0; a < sizeof qgs / sizeof qgs[0]; a++)
+        for (size_t b = 0; b < sizeof qn / sizeof qn[0]; b++)
+            for (int kind = 0; kind < 5; kind++)
+                for (int rep = 0; rep < 4; rep++) check_quantize(qn[b], qgs[a], kind);
     const TensorType q[] = {TENSOR_F32, TENSOR_Q80, TENSOR_PF32, TENSOR_PQ8, TENSOR_PQ4};
     for (size_t k = 0; k < sizeof q / sizeof q[0]; k++)
         if (!ISA(q[k]).matvec_fast) FAIL("no ISA matvec_fast for tensor type %d\n", (int)q[k]);
@@ -318,6 +456,11 @@ int main(void) {
     size_t pc[] = {1, 7, 8, 9, 15, 31, 32, 33, 63, 64, 65, 100, 288};
     for (size_t i = 0; i < sizeof pr / sizeof pr[0]; i++)
         for (size_t k = 0; k < sizeof pc / sizeof pc[0]; k++) check_packed(pr[i], pc[k]);
+    if (!kernels_isa.refine_q4a16) FAIL("the ISA set lacks refine_q4a16\n");
+    size_t rg[] = {1, 2, 3, 4, 5, 8, 9, 17, 24, 36};
+    for (size_t k = 0; k < sizeof rg / sizeof rg[0]; k++)
+        for (int kind = 0; kind < 3; kind++)
+            for (int rep = 0; rep < 3; rep++) check_refine(rg[k], kind);
     check_packed(288, 768); /* stories15M's shapes */
     check_packed(768, 288);
     check_packed(1000, 288);
@@ -483,6 +626,9 @@ PACKED_WANTS = {
         }
         for n in (1, 2)
     },
+    # VLEN 128's whole-group assembly (eight columns per load; lanes past vl never read)
+    "pq8_pass2_v128": {"th.vle.v", "th.vwmul.vx", "th.vwmacc.vx", "th.vwadd.wv", "th.vse.v"},
+    "pq4_pass2_v128": {"th.vle.v", "th.vsll.vi", "th.vsra.vi", "th.vwmacc.vx", "th.vse.v"},
     **{f"pf32_pass{n}": {"th.vle.v", "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"} for n in (1, 2)},
     **{f"pf32_fused{n}": {"th.vle.v", "th.vfmacc.vf", "th.vse.v"} for n in (1, 2)},
     # the faithful classifier: int8 weights sign-extended (vwadd.vx 0 = th.vwcvt), times
@@ -497,6 +643,21 @@ PACKED_WANTS = {
     },  # fmt: skip
 }
 C906_WANTS |= PACKED_WANTS
+# the faithful path's int4 second level: bytes sign-extended (th.vwcvt), nibbles by shifts
+# at e16, times the int16 activation into int32 sums, the scaling as the packed kernels'
+REFINE_WANTS = {
+    "refine_q4a16_rvv": {
+        "th.vle.v",
+        "th.vwcvt.x.x.v",
+        "th.vsll.vi",
+        "th.vsra.vi",
+        "th.vwmacc.vx",
+        "th.vfcvt.f.x.v",
+        "th.vse.v",
+        *PACKED_Q_SCALING,
+    },
+}
+C906_WANTS |= REFINE_WANTS
 # Attention over the binary16 cache: lanes are positions (scores) or dimensions (values),
 # binary16 -> fp32 by integer ops (th.vwmul by 2^13, th.vand, th.vmsgtu for inf/NaN, a
 # masked th.vor), products and sums unfused, no reductions
@@ -506,6 +667,37 @@ ATTENTION_WANTS = {
     "f16_values": {*HALF_LANES, "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"},
 }
 C906_WANTS |= ATTENTION_WANTS
+# Attention over the fp32 cache (-k ref, faithful, Q8_0): the same lanes, fp32 loads, run.c's
+# roundings (products and sums unfused)
+F32_ATTENTION_WANTS = {
+    "f32_scores": {"th.vle.v", "th.vfmul.vf", "th.vfadd.vv", "th.vfdiv.vf", "th.vse.v"},
+    "f32_values": {"th.vle.v", "th.vfmul.vf", "th.vfadd.vv", "th.vse.v"},
+}
+C906_WANTS |= F32_ATTENTION_WANTS
+# ... and run.c's softmax there: the max by th.vfredmax per strip (exact), expf scalar, the
+# division a vector one
+C906_WANTS["f32_softmax"] = {"th.vle.v", "th.vfredmax.vs", "th.vfdiv.vf", "th.vse.v"}
+# quantize_q80: the max by one reduction per chunk, the division kept (correctly rounded as
+# the scalar one), roundf by converts in the default rounding mode, int16 then int8
+C906_WANTS["quantize_q80_rvv"] = {
+    "th.vfredmax.vs",
+    "th.vfdiv.vf",
+    "th.vfcvt.x.f.v",
+    "th.vfncvt.x.f.v",
+    "th.vse.v",
+}
+# swiglu_fast (the packed q8/q4 paths): exp_fast lane by lane, unfused, the clamps by
+# th.vfmax/th.vfmin and merges, 1 / (1 + e) by th.vfrdiv (correctly rounded), no libm call
+C906_WANTS["swiglu_fast_rvv"] = {
+    "th.vle.v",
+    "th.vfneg.v",
+    "th.vfmax.vf",
+    "th.vfmin.vf",
+    "th.vfmerge.vfm",
+    "th.vfrdiv.vf",
+    "th.vfmul.vv",
+    "th.vse.v",
+}
 C906_FORBIDDEN = re.compile(r"vlenb|th\.vmv\.x\.s|th\.vfmv\.f\.s|th\.vfredosum")
 # ... and in the packed kernels no reduction at all; where they must be bit-identical to the
 # references (q8, q4, unfused fp32) no fused multiply-add either
@@ -518,7 +710,21 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     kernels = {
         f: lines
         for f, lines in functions.items()
-        if f.startswith(("f32_", "q80_", "pq_", "pq8_", "pq4_", "pf32_", "attention_f16", "f16_"))
+        if f.startswith(
+            (
+                "f32_",
+                "q80_",
+                "pq_",
+                "pq8_",
+                "pq4_",
+                "pf32_",
+                "attention_f",
+                "f16_",
+                "quantize_",
+                "refine_",
+                "swiglu_",
+            )
+        )
     }
     for f, wants in C906_WANTS.items():
         assert f in kernels, f"{f} not in the c906 build: {sorted(kernels)}"
@@ -534,6 +740,9 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     calls = " ".join(kernels["attention_f16_rvv"])
     for f in ATTENTION_WANTS:
         assert f"<{f}>" in calls, f"{f} is not called: {calls}"
+    calls = " ".join(kernels["attention_f32_rvv"])
+    for f in (*F32_ATTENTION_WANTS, "f32_softmax"):
+        assert f"<{f}>" in calls, f"{f} is not called: {calls}"
     own = (
         "f32_fast_rvv",
         "q80_fast_rvv",
@@ -544,8 +753,14 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
         "pf32_ref_rvv",
         "pf32_fast_rvv",
         *PACKED_WANTS,
+        *REFINE_WANTS,
         "attention_f16_rvv",
         *ATTENTION_WANTS,
+        "attention_f32_rvv",
+        *F32_ATTENTION_WANTS,
+        "f32_softmax",
+        "quantize_q80_rvv",
+        "swiglu_fast_rvv",
     )
     bad = {
         f: hits
@@ -555,7 +770,16 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
     assert not bad, f"forbidden instructions in the c906 kernels: {bad}"
     bad = {
         f: hits
-        for f in (*PACKED_WANTS, "pf32_ref_rvv", "attention_f16_rvv", *ATTENTION_WANTS)
+        for f in (
+            *PACKED_WANTS,
+            *REFINE_WANTS,
+            "pf32_ref_rvv",
+            "attention_f16_rvv",
+            *ATTENTION_WANTS,
+            "attention_f32_rvv",
+            *F32_ATTENTION_WANTS,
+            "swiglu_fast_rvv",
+        )
         if (
             hits := [
                 ln.strip()
@@ -565,6 +789,8 @@ def test_c906_kernels_are_xtheadvector_and_read_no_vlenb(c906_engine, capsys):
         )
     }
     assert not bad, f"reductions or fused multiply-adds in the packed or attention kernels: {bad}"
+    calls = {"call", "jal", "jalr", "tail"} & set(mnemonics(kernels["swiglu_fast_rvv"]))
+    assert not calls, f"swiglu_fast_rvv calls out (libm's expf?): {calls}"
     with capsys.disabled():
         counts = {
             f: sum(m.startswith("th.v") for m in mnemonics(kernels[f]))

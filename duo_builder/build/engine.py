@@ -242,7 +242,7 @@ def _build_in_chroot(t: Target, *, check: bool, jobs: int | None) -> Path:
         _relink_when_libs_change(t, libs.key)
     cmd = _make_command(t, jobs)
     # The C tests are riscv64 programs: build them in the chroot, run them under QEMU here
-    checks = ["test_engine"] + (
+    checks = ["test_engine", "test_softmax"] + (
         ["test_storyteller", "test_prompts"] if "storyteller" in t.programs else []
     )
     if check:

@@ -66,10 +66,24 @@ class Section:
     bytes: int
 
 
+def refine_block_bytes(cols: int) -> int:
+    """One tile's second level in section 11: two fp32 norms per row, then the residual in
+    int4, two columns per byte."""
+    return 2 * TILE_ROWS * 4 + _ceil_div(cols, GROUP_SIZE) * TILE_ROWS * GROUP_SIZE // 2
+
+
+def classifier_q8_first_level(rows: int, cols: int) -> int:
+    """Section 11's part every token reads: the q8 blocks, the residual norms, the trailer."""
+    return packed_bytes("q8", rows, cols) + _ceil_div(rows, TILE_ROWS) * TILE_ROWS * 4 + 16
+
+
 def classifier_q8_bytes(rows: int, cols: int) -> int:
     """Section 11 of a faithful file: the q8 blocks, one fp32 residual norm per padded
-    row, the trailer."""
-    return packed_bytes("q8", rows, cols) + _ceil_div(rows, TILE_ROWS) * TILE_ROWS * 4 + 16
+    row, the 16-byte trailer, then per tile the second level (two fp32 norms per row: the
+    residual left and the row it refines; the residual in int4)."""
+    return classifier_q8_first_level(rows, cols) + _ceil_div(rows, TILE_ROWS) * refine_block_bytes(
+        cols
+    )
 
 
 def sections(cfg: Config, weights: Weights) -> list[Section]:
@@ -200,9 +214,14 @@ def streamed_bytes_per_token(cfg: Config, weights: Weights) -> int:
     column by column, so the current token's row shares every cache line with its tile's
     other rows (and a shared classifier's tile is read again at the end: the C906's 64 KB
     of L1 has long lost it). A faithful file's token reads the int8 classifier (section
-    11); the fp32 tiles its sampler recomputes come on top (only a run knows how many)."""
+    11's first level: the int8 blocks and their norms); the second-level and fp32 tiles
+    its sampler reads come on top (only a run knows how many)."""
     skip = {KIND_EMBEDDING} | ({KIND_CLASSIFIER} if weights == "faithful" else set())
     whole = sum(s.bytes for s in sections(cfg, weights) if s.kind not in skip)
+    if weights == "faithful":
+        whole -= classifier_q8_bytes(cfg.vocab_size, cfg.dim) - classifier_q8_first_level(
+            cfg.vocab_size, cfg.dim
+        )
     return whole + tile_bytes(weights, cfg.dim)
 
 
@@ -267,27 +286,60 @@ def float32_up(x: np.ndarray) -> np.ndarray:
     return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f)
 
 
+REFINE_SHIFT = 16  # the second level's step is s / REFINE_SHIFT (exact: s is a bf16)
+
+
+def _norms_up(v: np.ndarray, rows_padded: int) -> np.ndarray:
+    """Per row, the smallest fp32 >= the 2-norm of v's row (float64 sums, with a margin far
+    above their rounding), padded with zero rows."""
+    margin = 1 + 1e-12
+    out = np.zeros(rows_padded, "<f4")
+    out[: v.shape[0]] = float32_up(np.sqrt(np.square(v).sum(axis=1)) * margin)
+    return out
+
+
 def classifier_q8(w: np.ndarray) -> bytes:
-    """Section 11 of a faithful file (FORMAT.md): the classifier as packed q8, then per
-    row an fp32 upper bound on the 2-norm of its quantization residual w - q s, then the
-    fp32 upper bound on every int8 row's 2-norm |q s| and 12 zero bytes. The engine bounds
-    every logit's error with them."""
+    """Section 11 of a faithful file (FORMAT.md): the classifier as packed q8; per row an fp32
+    upper bound on the 2-norm of its quantization residual w - q s; the fp32 upper bound on
+    every int8 row's 2-norm |q s| and 12 zero bytes; then the second level, tile by tile:
+    per row fp32 upper bounds on |w - q s - q2 s / 16|_2 and |q s + q2 s / 16|_2, and the
+    residual quantized again, q2 = round((w - q s) / (s / 16)) in int4 (clamped to -8..7;
+    q4's block layout without scales: the scales are s / 16), one pread per tile. The
+    engine bounds every logit's error with the first level and narrows the rows its
+    sampler asks for with the second before reading their fp32 tiles."""
     w = np.asarray(w, dtype=np.float32)
     rows, cols = w.shape
+    tiles = _ceil_div(rows, TILE_ROWS)
     q, scale = quantize_groups(w, "q8")
     groups = scale.shape[1]
+    width = groups * GROUP_SIZE
+    s_cols = np.repeat(scale.astype(np.float64), GROUP_SIZE, axis=1)  # (rows, width)
     # q s is exact in float64 (8-bit by 8-bit mantissas), and so is w - q s
-    what = (q.astype(np.float64).reshape(rows, groups, GROUP_SIZE) * scale[:, :, None]).reshape(
-        rows, -1
-    )[:, :cols]
-    resid = w.astype(np.float64) - what
+    what = q.astype(np.float64) * s_cols
+    resid = _pad(w, rows, width).astype(np.float64) - what
+    step = s_cols / REFINE_SHIFT  # exact: a power of two times a bf16
+    safe = np.where(step == 0, 1.0, step)
+    q2 = np.where(step == 0, 0.0, np.clip(np.round(resid / safe), -8, 7)).astype(np.int8)
+    what2 = what + q2.astype(np.float64) * step  # exact: 12 significant bits times a bf16
+    resid2 = resid - q2.astype(np.float64) * step  # exact: w minus a 20-bit-wide value
+    padded = tiles * TILE_ROWS
     margin = 1 + 1e-12  # float64 sums and square roots: relative error far below this
-    nr = float32_up(np.sqrt(np.square(resid).sum(axis=1)) * margin)
     nq = float32_up(np.sqrt(np.square(what).sum(axis=1)).max(initial=0.0) * margin)
-    norms = np.zeros(_ceil_div(rows, TILE_ROWS) * TILE_ROWS, "<f4")
-    norms[:rows] = nr
     trailer = np.asarray(nq, "<f4").tobytes().ljust(FAITHFUL_TRAILER, b"\0")
-    return pack_matrix(w, "q8") + norms.tobytes() + trailer
+    q2p = np.concatenate([q2, np.zeros((padded - rows, width), np.int8)])
+    # (tile, group, column pair, row in tile): q4's block layout
+    nib = (q2p.astype(np.uint8) & np.uint8(0x0F)).reshape(
+        tiles, TILE_ROWS, groups, GROUP_SIZE // 2, 2
+    )
+    packed2 = (nib[..., 0] | (nib[..., 1] << np.uint8(4))).transpose(0, 2, 3, 1)
+    norms2 = np.stack([_norms_up(resid2, padded), _norms_up(what2, padded)])
+    norms2 = norms2.reshape(2, tiles, TILE_ROWS).transpose(1, 0, 2).reshape(tiles, -1)
+    second = np.concatenate(
+        [np.ascontiguousarray(norms2).view(np.uint8), packed2.reshape(tiles, -1)], axis=1
+    )
+    return b"".join(
+        [pack_matrix(w, "q8"), _norms_up(resid, padded).tobytes(), trailer, second.tobytes()]
+    )
 
 
 def write_packed(ckpt: Checkpoint, dst: Path | str, weights: Weights) -> Path:

@@ -25,6 +25,8 @@ typedef struct {
     long full;           /* needed every logit exact */
     long rows;           /* rows recomputed exactly, in all */
     long tiles;          /* fp32 tiles read for them */
+    long refined;        /* tiles narrowed by section 11's second level first */
+    long rounds;         /* faithful_decide calls */
     double bytes;        /* weight bytes read by the sampled positions */
     long violations;     /* LLAMA2_FAITHFUL_VERIFY: logits outside their bounds */
     long mismatches;     /* ... and decisions that differ from run.c's sampler */
@@ -39,6 +41,15 @@ typedef struct {
     float *xs;
     const float *x; /* the final hidden state of the last forward pass (run.c's) */
     unsigned char *tile_exact;
+    /* Section 11's second level: tiles whose bounds it narrowed this step, the int4 tile
+     * read for it, and the classify step's factors (|x| (1 + gamma_dim), and what
+     * multiplies a row's norm; refine_ok: both finite). */
+    unsigned char *tile_refined, *refine_buf;
+    unsigned char *refine_all; /* the whole second level, read once (NULL: pread per tile) */
+    size_t refine_bytes;
+    float *approx; /* the int8 logits of the last faithful_classify */
+    float alpha, row_factor, sum_factor;
+    int refine_ok;
     int *refine;
     FaithfulWork *work;
     size_t tiles, tile_bytes, base_bytes, page;
@@ -55,6 +66,9 @@ void faithful_free(Faithful *f);
 /* Approximate logits into `logits` and their bounds, for the final hidden state x (kept:
  * it must stay valid until faithful_sample). */
 void faithful_classify(Faithful *f, const Model *m, const float *x, float *logits);
+/* Narrow tile t's bounds with section 11's second level (after faithful_classify; a no-op
+ * when the file or the step has none usable). */
+void faithful_refine_tile(Faithful *f, const Model *m, size_t t);
 /* The embedding of `token` (run.c's fp32 row), read like the recomputed tiles. */
 void faithful_embed(Faithful *f, const Model *m, int token, float *x);
 /* run.c's next token: the certified decision, recomputing rows as needed. `logits` is

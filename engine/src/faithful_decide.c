@@ -8,8 +8,9 @@
  * asked for (FAITHFUL_REFINE); when nothing inexact is left, FAITHFUL_EXACT.
  *   - the maximum: every row whose upper bound reaches the largest lower bound is made
  *     exact, so run.c's max_val is known exactly;
- *   - x_i = expf(l_i / T - max): exact rows give run.c's own float; the others an
- *     interval, assuming libm's expf is within 2^-22 of e^v (glibc and musl: 0.51 ulp);
+ *   - x_i = expf(l_i / T - max): exact rows give run.c's own float (libm's expf); the
+ *     others an interval from the vectorised exp_fast (exp_fast.h, within 2^-22 of e^v),
+ *     widened to hold libm's expf, assumed within 2^-22 of e^v (glibc and musl: 0.51 ulp);
  *   - the denominator S (run.c's fp32 sum in index order) is bounded twice: by the same
  *     fp32 sum of the lower and of the upper ends (rounding is monotone), and by the
  *     real sum of x plus an a posteriori bound on the fp32 sum's rounding error;
@@ -29,16 +30,18 @@
  * tiles whose intervals widen S the most. */
 #include "faithful_decide.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
+#include "kernels.h"
 #include "ops.h"
 
 #define U 0x1p-24    /* fp32 unit roundoff */
 #define TIE 0x1p-20  /* x values closer than this (relative) may round to equal p */
-#define TAU (-20.0f) /* below e^TAU an inexact row's x is bounded by a power of 2 */
 #define KMAX 64      /* ranks past the certain prefix whose sums are bounded */
 
 double faithful_gamma(double k) {
@@ -46,27 +49,21 @@ double faithful_gamma(double k) {
     return ku / (1.0 - ku);
 }
 
-/* Lower (upper) bounds on expf(v') for every v' >= v (<= v), assuming |expf(y) - e^y| <=
- * 2^-22 e^y for normal results and <= 2^-149 below them. */
-static float exp_lower(float v) {
-    float f = expf(v);
-    return f >= 0x1p-100f ? f * (1.0f - 0x1p-20f) : 0.0f;
+/* Bounds on run.c's expf(v') from exp_fast(v) (exp_fast.h, vectorised: kernels.h's
+ * exp_fast_array), for every v' >= v (lower) or v' <= v (upper). With |exp_fast(v) - e^v|
+ * <= EXP_FAST_REL e^v and libm's |expf(y) - e^y| <= 2^-22 e^y for normal results (glibc
+ * and musl: 0.51 ulp), expf(v') / exp_fast(v) lies within (1 -+ 2^-22) / (1 +- 2^-22),
+ * inside 1 -+ 2^-20.9; one more rounding of the product by 1 -+ 2^-19 keeps it outside.
+ * Where e^v may be subnormal (exp_fast(v) < 2^-100, or 0 below EXP_FAST_MIN) expf is only
+ * within 2^-149: 0 below, 2^-99 above, as before. Only exact rows call libm's expf. */
+_Static_assert(EXP_FAST_REL <= 0x1p-22, "the bounds below assume exp_fast within 2^-22 of e^x");
+#define EXP_WIDEN 0x1p-19f
+static inline float exp_lower_of(float f) {
+    /* (+inf past EXP_FAST_MAX, where expf may still be finite: 0) */
+    return f >= 0x1p-100f && f < INFINITY ? f * (1.0f - EXP_WIDEN) : 0.0f;
 }
-
-static float exp_upper(float v) {
-    float f = expf(v);
-    return f >= 0x1p-100f ? f * (1.0f + 0x1p-20f) : 0x1p-99f;
-}
-
-/* A cheap upper bound on expf(v') for every v' <= v < TAU: a power of two at most 4 times
- * e^v. v log2(e) is rounded by at most 2^-18 here, and expf's error is far below 2x. */
-static float exp_upper_cheap(float v) {
-    float k = floorf(v * 1.44269504f) + 2.0f;
-    if (k < -126.0f) return 0x1p-99f;
-    uint32_t bits = (uint32_t)((int)k + 127) << 23; /* 2^k: -126 <= k < -25 here */
-    float p;
-    memcpy(&p, &bits, 4);
-    return p;
+static inline float exp_upper_of(float f) {
+    return f >= 0x1p-100f ? f * (1.0f + EXP_WIDEN) : 0x1p-99f;
 }
 
 /* run.c's logits[q] /= temperature, monotone: the bounds divide too. x / 1.0f is x
@@ -135,6 +132,8 @@ void faithful_work_free(FaithfulWork *w) {
 typedef struct {
     float s_lo, s_hi;
     double sum_l, sum_h, es, eabs; /* eabs: the double sums' own rounding, absolute */
+    float xh_in;                   /* the largest upper end of an inexact row (0: none) */
+    int inexact;                   /* how many rows are inexact */
 } Denominator;
 
 /* The KMAX largest of a stream of values, descending, and their running sums. */
@@ -307,15 +306,9 @@ static double cum_hi(const FaithfulWork *w, int m) {
 /* The certain prefix: the exact rows whose x is above every inexact row's upper
  * end by more than TIE (so their p cannot tie one), sorted as run.c sorts. Returns J, or
  * -1 when no row is inexact. */
-static int certain_prefix(FaithfulWork *w, int n) {
-    float xh_in = 0.0f;
-    int inexact = 0;
-    for (int i = 0; i < n; i++)
-        if (!w->xexact[i]) {
-            inexact++;
-            if (w->xh[i] > xh_in) xh_in = w->xh[i];
-        }
-    if (inexact == 0) return -1;
+static int certain_prefix(FaithfulWork *w, const Denominator *d, int n) {
+    if (d->inexact == 0) return -1;
+    const float xh_in = d->xh_in; /* exp_bounds' maximum over the inexact rows */
     double thr = (double)xh_in * (1.0 + TIE);
     int J = 0;
     for (int i = 0; i < n; i++)
@@ -324,17 +317,34 @@ static int certain_prefix(FaithfulWork *w, int n) {
     return J;
 }
 
-/* The rows outside the prefix: the KMAX largest lower and upper ends, and the totals. */
+/* The rows outside the prefix: the KMAX largest lower and upper ends, and the totals.
+ * topk_add's own early-out (full and v <= its smallest) is tested here first against a
+ * local threshold, -inf until KMAX values are kept, then the smallest kept: the same calls
+ * do the same, and the row loop keeps its state in registers. */
 static void rank_rest(FaithfulWork *w, int n, Ranking *r) {
-    for (int j = 0; j < r->J; j++) w->in_prefix[w->order[j]] = 1;
+    const float *xh = w->xh, *xl = w->xl;
+    unsigned char *in_prefix = w->in_prefix;
+    for (int j = 0; j < r->J; j++) in_prefix[w->order[j]] = 1;
+    double tu = r->up.n == KMAX ? r->up.v[KMAX - 1] : -INFINITY;
+    double tl = r->low.n == KMAX ? r->low.v[KMAX - 1] : -INFINITY;
+    double sum_u = r->sum_u, sum_lw = r->sum_lw;
     for (int i = 0; i < n; i++) {
-        if (w->in_prefix[i]) continue;
-        topk_add(&r->up, w->xh[i]);
-        topk_add(&r->low, w->xl[i]);
-        r->sum_u += w->xh[i];
-        r->sum_lw += w->xl[i];
+        if (in_prefix[i]) continue;
+        const double u = xh[i], l = xl[i];
+        if (!(u <= tu)) {
+            topk_add(&r->up, u);
+            if (r->up.n == KMAX) tu = r->up.v[KMAX - 1];
+        }
+        if (!(l <= tl)) {
+            topk_add(&r->low, l);
+            if (r->low.n == KMAX) tl = r->low.v[KMAX - 1];
+        }
+        sum_u += u;
+        sum_lw += l;
     }
-    for (int j = 0; j < r->J; j++) w->in_prefix[w->order[j]] = 0;
+    r->sum_u = sum_u;
+    r->sum_lw = sum_lw;
+    for (int j = 0; j < r->J; j++) in_prefix[w->order[j]] = 0;
 }
 
 /* The prefix's positions whose row is certain: not within TIE of a neighbour
@@ -491,7 +501,7 @@ static FaithfulVerdict decide_topp(const LogitBounds *b, FaithfulWork *w, const 
     const float cutoff = (1.0f - topp) / (float)(n - 1);
     Ranking r = {.es = d->es + d->eabs, .eabs = d->eabs};
     /* 1. what is known of run.c's sorted order: the certain prefix, then bounded ranks */
-    r.J = certain_prefix(w, n);
+    r.J = certain_prefix(w, d, n);
     if (r.J < 0) return FAITHFUL_EXACT; /* nothing inexact: run.c's sampler is as cheap */
     rank_rest(w, n, &r);
     mark_sure(w, &r);
@@ -533,6 +543,13 @@ static int bounds_usable(const LogitBounds *b) {
 /* The largest scaled lower end into *maxlo; 0 when a scaled end is not finite. */
 static int scaled_max_lower(const LogitBounds *b, float T, float *maxlo) {
     *maxlo = -INFINITY;
+    if (T == 1.0f) { /* nothing scaled: bounds_usable saw every end finite */
+        float m = -INFINITY;
+        for (int i = 0; i < b->n; i++)
+            if (b->lo[i] > m) m = b->lo[i];
+        *maxlo = m;
+        return 1;
+    }
     for (int i = 0; i < b->n; i++) {
         float a = scaled(b->lo[i], T), c = scaled(b->hi[i], T);
         if (!isfinite(a) || !isfinite(c)) return 0;
@@ -558,60 +575,118 @@ static int max_row(const LogitBounds *b, float T, float maxlo, int *refine, int 
     return top;
 }
 
+/* exp_bounds' running sums, in index order. */
+typedef struct {
+    float s_lo, s_hi, xh_in;
+    double es, sum_l, sum_h;
+    size_t inexact;
+} ExpSums;
+
+static inline void exp_sum(ExpSums *a, float lo, float hi, int inexact) {
+    a->s_lo += lo;
+    a->s_hi += hi;
+    /* one addition's error: at most the addend, at most u |result| (+ underflow) */
+    a->es += fmin((double)hi, U * (double)a->s_hi + 0x1p-150);
+    a->sum_l += lo;
+    a->sum_h += hi;
+    a->inexact += (size_t)inexact;
+    a->xh_in = inexact && hi > a->xh_in ? hi : a->xh_in;
+}
+
+/* Row i (not the top): xl[i], xh[i] hold exp_fast's values on entry, x's bounds on exit. */
+static inline void exp_row(ExpSums *a, float *restrict xl, float *restrict xh,
+                           unsigned char *restrict xe, const float *restrict bl,
+                           const unsigned char *restrict be, int m_exact, float T, float m_lo,
+                           size_t i) {
+    float lo, hi;
+    const int point = m_exact && be[i];
+    if (point) {
+        lo = hi = expf(scaled(bl[i], T) - m_lo); /* run.c's own float */
+    } else {
+        lo = exp_lower_of(xl[i]);
+        hi = exp_upper_of(xh[i]);
+    }
+    xe[i] = (unsigned char)point;
+    xl[i] = lo;
+    xh[i] = hi;
+    exp_sum(a, lo, hi, !point);
+}
+
 /* x_i = expf(x_i - max_val) into w->xl, w->xh (w->xexact: a point, run.c's own float), and
- * the denominator's bounds. */
+ * the denominator's bounds. The arguments of the bounds' exponentials first (fl(a - b): up
+ * in a, down in b), every row's at once through exp_fast_array (vectorised), then libm's
+ * expf for the exact rows alone. */
 static Denominator exp_bounds(const LogitBounds *b, FaithfulWork *w, float T, int top) {
     const float m_lo = scaled(b->lo[top], T), m_hi = scaled(b->hi[top], T); /* equal when exact */
     const int m_exact = b->exact[top];
-    Denominator d = {0.0f, 0.0f, 0.0, 0.0, 0.0, 0.0};
-    for (int i = 0; i < b->n; i++) {
-        float lo, hi;
-        int point = i == top || (b->exact[i] && m_exact);
-        if (i == top) {
-            lo = hi = 1.0f; /* expf(max_val - max_val) */
-        } else if (point) {
-            float t = scaled(b->lo[i], T);
-            lo = hi = expf(t - m_lo); /* run.c's own float */
-        } else {
-            float vh = scaled(b->hi[i], T) - m_lo; /* fl(a - b): up in a, down in b */
-            if (vh < TAU) {
-                lo = 0.0f;
-                hi = exp_upper_cheap(vh);
-            } else {
-                float vl = scaled(b->lo[i], T) - m_hi;
-                hi = exp_upper(vh);
-                lo = vl < TAU ? 0.0f : exp_lower(vl);
-            }
-        }
-        w->xexact[i] = (unsigned char)point;
-        w->xl[i] = lo;
-        w->xh[i] = hi;
-        d.s_lo += lo;
-        d.s_hi += hi;
-        /* one addition's error: at most the addend, at most u |result| (+ underflow) */
-        d.es += fmin((double)hi, U * (double)d.s_hi + 0x1p-150);
-        d.sum_l += lo;
-        d.sum_h += hi;
+    const size_t n = (size_t)b->n;
+    const float *restrict bl = b->lo, *restrict bh = b->hi;
+    const unsigned char *restrict be = b->exact;
+    float *restrict xl = w->xl, *restrict xh = w->xh;
+    unsigned char *restrict xe = w->xexact;
+    for (size_t i = 0; i < n; i++) {
+        xh[i] = scaled(bh[i], T) - m_lo;
+        xl[i] = scaled(bl[i], T) - m_hi;
     }
+    exp_fast_array(xh, xh, n);
+    exp_fast_array(xl, xl, n);
+    /* one pass in index order (run.c's sum order): each row's x (run.c's own float from
+     * libm's expf for a point, else bounds from exp_fast; expf(max_val - max_val) = 1 at
+     * the top), the sums, and the largest upper end of an inexact row and how many there
+     * are, for certain_prefix. Exact rows are points when max_val is exact too. */
+    Denominator d = {0.0f, 0.0f, 0.0, 0.0, 0.0, 0.0, 0.0f, 0};
+    ExpSums a = {0.0f, 0.0f, 0.0f, 0.0, 0.0, 0.0, 0};
+    const size_t t = (size_t)top;
+    for (size_t i = 0; i < t; i++) exp_row(&a, xl, xh, xe, bl, be, m_exact, T, m_lo, i);
+    xe[t] = 1;
+    xl[t] = xh[t] = 1.0f;
+    exp_sum(&a, 1.0f, 1.0f, 0);
+    for (size_t i = t + 1; i < n; i++) exp_row(&a, xl, xh, xe, bl, be, m_exact, T, m_lo, i);
+    const float s_lo = a.s_lo, s_hi = a.s_hi, xh_in = a.xh_in;
+    const double es = a.es, sum_l = a.sum_l, sum_h = a.sum_h;
+    const size_t inexact = a.inexact;
+    d.xh_in = xh_in;
+    d.inexact = (int)inexact;
+    d.s_lo = s_lo;
+    d.s_hi = s_hi;
+    d.es = es;
+    d.sum_l = sum_l;
+    d.sum_h = sum_h;
     /* double sums of n non-negative terms: relative error below n 2^-53 */
     d.eabs = (double)b->n * 0x1p-50 * d.sum_h;
     return d;
 }
 
-FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float topp, float coin,
-                                int effort, int budget, FaithfulWork *w, int *token,
-                                int *refine, int *n_refine) {
-    *n_refine = 0;
-    if (b->n < 2 || b->n != w->n) return FAITHFUL_EXACT;
-    w->budget = budget;
-    if (!bounds_usable(b)) return FAITHFUL_EXACT;
-    if (temperature == 0.0f) return decide_greedy(b, token, refine, n_refine);
-    if (!(temperature > 0.0f && isfinite(temperature)) || isnan(topp)) return FAITHFUL_EXACT;
+/* At T = 1 (the contest's) bounds_usable, scaled_max_lower and max_row in one pass: the
+ * rows that could hold max_val are those whose upper end reaches the largest lower end;
+ * when the second largest upper end falls short of it, the only one is the largest's
+ * (max_row's own answer), else max_row's loops as they were. */
+static int scan_t1(const LogitBounds *b, int *usable, float *maxlo) {
+    const float *restrict lo = b->lo, *restrict hi = b->hi;
+    float m = -INFINITY, h1 = -INFINITY, h2 = -INFINITY;
+    int ok = 1, i1 = -1;
+    for (int i = 0; i < b->n; i++) {
+        const float l = lo[i], h = hi[i];
+        /* finite and ordered: -FLT_MAX <= l <= h <= FLT_MAX (false for NaN) */
+        ok &= (l >= -FLT_MAX) & (h <= FLT_MAX) & (l <= h);
+        m = l > m ? l : m;
+        if (h > h1) {
+            h2 = h1;
+            h1 = h;
+            i1 = i;
+        } else if (h > h2) {
+            h2 = h;
+        }
+    }
+    *usable = ok;
+    *maxlo = m;
+    return h2 >= m ? -1 : i1;
+}
 
-    /* run.c's max_val, known exactly */
-    float maxlo;
-    if (!scaled_max_lower(b, temperature, &maxlo)) return FAITHFUL_EXACT;
-    int top = max_row(b, temperature, maxlo, refine, n_refine);
+/* From run.c's max_val on: the rows' x and the denominator, then the draw. */
+static FaithfulVerdict faithful_decide_from(const LogitBounds *b, float temperature, float topp,
+                                            float coin, int effort, FaithfulWork *w, int top,
+                                            int *token, int *refine, int *n_refine) {
     if (top < 0) return FAITHFUL_REFINE;
     /* the softmax's numerators and denominator, then the draw */
     Denominator d = exp_bounds(b, w, temperature, top);
@@ -623,10 +698,39 @@ FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float t
     return v;
 }
 
+FaithfulVerdict faithful_decide(const LogitBounds *b, float temperature, float topp, float coin,
+                                int effort, int budget, FaithfulWork *w, int *token,
+                                int *refine, int *n_refine) {
+    *n_refine = 0;
+    if (b->n < 2 || b->n != w->n) return FAITHFUL_EXACT;
+    w->budget = budget;
+    if (temperature == 1.0f) {
+        int usable;
+        float maxlo;
+        int top = scan_t1(b, &usable, &maxlo);
+        if (!usable || isnan(topp)) return FAITHFUL_EXACT;
+        if (top < 0) top = max_row(b, temperature, maxlo, refine, n_refine);
+        if (top < 0) return FAITHFUL_REFINE;
+        return faithful_decide_from(b, temperature, topp, coin, effort, w, top, token, refine,
+                                    n_refine);
+    }
+    if (!bounds_usable(b)) return FAITHFUL_EXACT;
+    if (temperature == 0.0f) return decide_greedy(b, token, refine, n_refine);
+    if (!(temperature > 0.0f && isfinite(temperature)) || isnan(topp)) return FAITHFUL_EXACT;
+
+    /* run.c's max_val, known exactly */
+    float maxlo;
+    if (!scaled_max_lower(b, temperature, &maxlo)) return FAITHFUL_EXACT;
+    int top = max_row(b, temperature, maxlo, refine, n_refine);
+    return faithful_decide_from(b, temperature, topp, coin, effort, w, top, token, refine,
+                                n_refine);
+}
+
+
 int faithful_exact_sample(float *logits, int n, float temperature, float topp, float coin,
                           ProbIndex *probindex) {
     if (temperature == 0.0f) return sample_argmax(logits, n);
-    for (int q = 0; q < n; q++) logits[q] /= temperature;
+    sampler_scale(logits, n, temperature);
     softmax(logits, n);
     if (topp <= 0 || topp >= 1) return sample_mult(logits, n, coin);
     return sample_topp(logits, n, topp, probindex, coin);

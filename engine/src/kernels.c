@@ -32,4 +32,35 @@ void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
     f(out, att, q, key, key_stride, value, value_stride, pos, head_size);
 }
 
+void attention_f32(float *out, float *att, const float *q, const float *key,
+                   size_t key_stride, const float *value, size_t value_stride, int pos,
+                   int head_size) {
+    AttentionF32Fn f = kernels_isa.attention_f32 ? kernels_isa.attention_f32
+                                                 : kernels_ref.attention_f32;
+    f(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+}
+
+void softmax_fast(float *x, int n) {
+    (kernels_isa.softmax_fast ? kernels_isa.softmax_fast : kernels_ref.softmax_fast)(x, n);
+}
+
+void exp_fast_array(float *y, const float *x, size_t n) {
+    (kernels_isa.exp_fast ? kernels_isa.exp_fast : kernels_ref.exp_fast)(y, x, n);
+}
+
+void swiglu_fast(float *hb, const float *hb2, size_t n) {
+    (kernels_isa.swiglu_fast ? kernels_isa.swiglu_fast : kernels_ref.swiglu_fast)(hb, hb2, n);
+}
+
+void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
+    (kernels_isa.quantize_q80 ? kernels_isa.quantize_q80 : kernels_ref.quantize_q80)(q, s, x, n,
+                                                                                     gs);
+}
+
+void refine_q4a16(float *val, const unsigned char *nib, const BlockQ8 *scales, size_t groups,
+                  const int16_t *xq, const float *xs) {
+    (kernels_isa.refine_q4a16 ? kernels_isa.refine_q4a16 : kernels_ref.refine_q4a16)(
+        val, nib, scales, groups, xq, xs);
+}
+
 const char *kernels_name(void) { return kernels_isa.name; }

@@ -3,6 +3,7 @@
 #include <float.h>
 #include <math.h>
 
+#include "exp_fast.h"
 #include "kernels.h"
 #include "ops.h"
 
@@ -49,7 +50,7 @@ static float clamp_round(float v, float lim) {
     return r > lim ? lim : r < -lim ? -lim : r;
 }
 
-void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
+static void quantize_q80_ref(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
     for (size_t g = 0, start = 0; start < n; g++, start += gs) {
         size_t len = n - start < gs ? n - start : gs;
         float scale = abs_max(x + start, len) / 127.0f;
@@ -201,8 +202,35 @@ static void pq8_a16_ref(float *out, const Tensor *w, const int16_t *xq, const fl
     }
 }
 
+/* The faithful path's int4 second level, one tile (kernels.h): q2 = u - 8 with u = the
+ * nibble ^ 8 in 0..15, so sum q2 xq = sum u xq - 8 sum xq, exact in int32 (|u| <= 15,
+ * |xq| <= 32767, 32 terms); the result is below 2^24, so (float)isum is exact too. */
+static void refine_q4a16_ref(float *val, const unsigned char *nib, const BlockQ8 *scales,
+                             size_t groups, const int16_t *xq, const float *xs) {
+    const size_t half = PACK_GROUP / 2;
+    for (size_t r = 0; r < PACK_ROWS; r++) val[r] = 0.0f;
+    for (size_t g = 0; g < groups; g++, nib += half * PACK_ROWS) {
+        const int16_t *xg = xq + g * PACK_GROUP;
+        int32_t isum[PACK_ROWS] = {0}, xsum = 0;
+        for (size_t j = 0; j < PACK_GROUP; j++) xsum += xg[j];
+        for (size_t p = 0; p < half; p++) {
+            const int32_t x0 = xg[2 * p], x1 = xg[2 * p + 1];
+            for (size_t r = 0; r < PACK_ROWS; r++) {
+                unsigned u = nib[p * PACK_ROWS + r] ^ 0x88u;
+                isum[r] += (int32_t)(u & 15u) * x0 + (int32_t)(u >> 4) * x1;
+            }
+        }
+        for (size_t r = 0; r < PACK_ROWS; r++)
+            val[r] += ((float)(isum[r] - 8 * xsum) * bf16_to_float(scales[g].scale[r])) * xs[g];
+    }
+}
+
 /* ---- attention over the binary16 KV cache --------------------------------------------- */
 
+static void softmax_fast_ref(float *x, int n);
+
+/* The softmax is softmax_fast's (the packed q8/q4 paths only: their stories are not
+ * run.c's), as attention_f16_rvv's. */
 static void attention_f16_ref(float *out, float *att, const float *q, const uint16_t *key,
                               size_t key_stride, const uint16_t *value, size_t value_stride,
                               int pos, int head_size) {
@@ -213,7 +241,7 @@ static void attention_f16_ref(float *out, float *att, const float *q, const uint
         score /= sqrtf((float)head_size);
         att[t] = score;
     }
-    softmax(att, pos + 1);
+    softmax_fast_ref(att, pos + 1);
     for (int i = 0; i < head_size; i++) out[i] = 0.0f;
     for (int t = 0; t <= pos; t++) {
         const uint16_t *v = value + (size_t)t * value_stride;
@@ -222,7 +250,64 @@ static void attention_f16_ref(float *out, float *att, const float *q, const uint
     }
 }
 
+/* ---- attention over the fp32 KV cache ------------------------------------------------
+ * run.c's attention: score t = ((0 + q[0] k[0][t]) + q[1] k[1][t]) + ... over the head's
+ * dimensions in order, each product and sum rounded (no FMA: this file is compiled without
+ * contraction), divided by sqrtf(head_size); run.c's softmax (ops.c); out[i] = ((0 +
+ * att[0] v[0][i]) + att[1] v[1][i]) + ... over positions in order. The scores are computed
+ * dimension by dimension, every position's chain advanced one step at a time: the same
+ * chains, contiguous keys (the compiler may vectorise both loops: lanes never mix). */
+static void attention_f32_ref(float *out, float *att, const float *q, const float *key,
+                              size_t key_stride, const float *value, size_t value_stride,
+                              int pos, int head_size) {
+    const size_t n = (size_t)pos + 1, hs = (size_t)head_size;
+    for (size_t t = 0; t < n; t++) att[t] = 0.0f;
+    for (size_t i = 0; i < hs; i++) {
+        const float *k = key + i * key_stride, qi = q[i];
+        for (size_t t = 0; t < n; t++) att[t] += qi * k[t];
+    }
+    const float root = sqrtf((float)head_size);
+    for (size_t t = 0; t < n; t++) att[t] /= root;
+    softmax(att, pos + 1);
+    for (size_t i = 0; i < hs; i++) out[i] = 0.0f;
+    for (size_t t = 0; t < n; t++) {
+        const float *v = value + t * value_stride, a = att[t];
+        for (size_t i = 0; i < hs; i++) out[i] += a * v[i];
+    }
+}
+
 /* Q8_0's fast kernel is here, not in kernels_fast.c: its per-group scaling must not fuse. */
+/* ---- softmax_fast, exp_fast (kernels.h, exp_fast.h) ---------------------------------- */
+
+static void exp_fast_ref(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = exp_fast(x[i]);
+}
+
+/* The max ignores NaN (as vfmax does): NaN logits stay NaN probabilities. */
+static void softmax_fast_ref(float *x, int n) {
+    if (n <= 0) return;
+    const size_t N = (size_t)n;
+    float max = -INFINITY;
+    for (size_t i = 0; i < N; i++)
+        if (x[i] > max) max = x[i];
+    float lanes[SOFTMAX_LANES] = {0};
+    for (size_t i = 0; i < N; i++) {
+        x[i] = exp_fast(x[i] - max);
+        lanes[i % SOFTMAX_LANES] += x[i];
+    }
+    const float inv = 1.0f / softmax_lanes_sum(lanes);
+    for (size_t i = 0; i < N; i++) x[i] *= inv;
+}
+
+/* ---- swiglu_fast (kernels.h) ----------------------------------------------------------- */
+static void swiglu_fast_ref(float *hb, const float *hb2, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float val = hb[i];
+        val *= 1.0f / (1.0f + exp_fast(-val));
+        hb[i] = val * hb2[i];
+    }
+}
+
 const KernelSet kernels_ref = {
     .name = "ref",
     .types =
@@ -234,4 +319,10 @@ const KernelSet kernels_ref = {
             [TENSOR_PQ4] = {.matvec_ref = pq4_ref, .row = pq4_row},
         },
     .attention_f16 = attention_f16_ref,
+    .attention_f32 = attention_f32_ref,
+    .softmax_fast = softmax_fast_ref,
+    .exp_fast = exp_fast_ref,
+    .swiglu_fast = swiglu_fast_ref,
+    .quantize_q80 = quantize_q80_ref,
+    .refine_q4a16 = refine_q4a16_ref,
 };

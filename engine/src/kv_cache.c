@@ -34,7 +34,8 @@ int kv_cache_init(KvCache *kv, const ModelConfig *c, int max_pos) {
     }
     kv->key = calloc(n ? n : 1, sizeof(float));
     kv->value = calloc(n ? n : 1, sizeof(float));
-    return kv->key && kv->value ? 0 : -1;
+    kv->k = calloc(kv->kv_dim ? kv->kv_dim : 1, sizeof(float));
+    return kv->key && kv->value && kv->k ? 0 : -1;
 }
 
 void kv_cache_free(KvCache *kv) {
@@ -48,8 +49,8 @@ void kv_cache_free(KvCache *kv) {
 }
 
 float *kv_cache_key(KvCache *kv, int l, int pos) {
-    if (kv->half) return kv->k;
-    return kv->key + (size_t)l * kv->layer + (size_t)pos * kv->kv_dim;
+    (void)l, (void)pos;
+    return kv->k;
 }
 
 float *kv_cache_value(KvCache *kv, int l, int pos) {
@@ -58,7 +59,11 @@ float *kv_cache_value(KvCache *kv, int l, int pos) {
 }
 
 void kv_cache_store(KvCache *kv, int l, int pos) {
-    if (!kv->half) return; /* the matrices wrote into the cache */
+    if (!kv->half) { /* the value is in place; the key goes to its column */
+        float *key = kv->key + (size_t)l * kv->layer + (size_t)pos;
+        for (size_t i = 0; i < kv->kv_dim; i++) key[i * kv->max_pos] = kv->k[i];
+        return;
+    }
     uint16_t *key = kv->key16 + (size_t)l * kv->layer;
     uint16_t *value = kv->value16 + (size_t)l * kv->layer;
     for (size_t i = 0; i < kv->kv_dim; i++) {
@@ -75,6 +80,7 @@ void kv_cache_attention(const KvCache *kv, int l, int kv_head, float *out, float
                       kv->max_pos, kv->value16 + (size_t)l * kv->layer + off, kv->kv_dim, pos,
                       head_size);
     else
-        attention_head(out, att, q, kv->key + (size_t)l * kv->layer + off,
-                       kv->value + (size_t)l * kv->layer + off, pos, head_size, kv->kv_dim);
+        attention_f32(out, att, q, kv->key + (size_t)l * kv->layer + off * kv->max_pos,
+                      kv->max_pos, kv->value + (size_t)l * kv->layer + off, kv->kv_dim, pos,
+                      head_size);
 }

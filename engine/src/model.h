@@ -47,6 +47,11 @@ typedef struct {
     Tensor classifier_q8;
     const float *classifier_residual_norms;
     float classifier_q8_norm_max;
+    /* ... and its second level (section 11), one block per tile: per row fp32 upper
+     * bounds on the 2-norms of the residual left after it and of the row it refines, then
+     * the int4 values (BlockQ4's layout without scales: s / 16). Read with pread only. */
+    const unsigned char *classifier_refine;
+    size_t classifier_refine_block;
     const float *rms_final;
     LayerWeights *layers;
     void *map;

@@ -73,16 +73,29 @@ static size_t tensor_bytes(const Tensor *t) {
 }
 
 /* Section 11 of a faithful file: the classifier's q8 blocks, one fp32 residual norm per
- * (padded) row, then 16 bytes: the fp32 bound on the int8 rows' norms and 12 zero bytes. */
+ * (padded) row, then 16 bytes: the fp32 bound on the int8 rows' norms and 12 zero bytes;
+ * then the second level: two fp32 norms per (padded) row, and per tile the int4 values. */
 #define FAITHFUL_TRAILER 16
 
 static Tensor classifier_q8_tensor(size_t rows, size_t cols) {
     return packed_tensor(FORMAT_PACKED_Q8, rows, cols);
 }
 
-static size_t classifier_q8_bytes(size_t rows, size_t cols) {
+/* The first level: what every token reads (the rest is read only for the rows the
+ * certified sampler asks for). */
+static size_t classifier_q8_streamed(size_t rows, size_t cols) {
     Tensor t = classifier_q8_tensor(rows, cols);
     return tensor_bytes(&t) + t.tiles * PACK_ROWS * 4 + FAITHFUL_TRAILER;
+}
+
+/* One tile's second level: two fp32 norms per row, then the int4 values. */
+static size_t refine_block_bytes(const Tensor *t) {
+    return 2 * PACK_ROWS * 4 + t->groups * (PACK_ROWS * PACK_GROUP / 2);
+}
+
+static size_t classifier_q8_bytes(size_t rows, size_t cols) {
+    Tensor t = classifier_q8_tensor(rows, cols);
+    return classifier_q8_streamed(rows, cols) + t.tiles * refine_block_bytes(&t);
 }
 
 /* The shape of section `i` of the expected sequence (norms, [embedding], 7 per layer,
@@ -185,8 +198,12 @@ static int parse(const char *path, const unsigned char *p, size_t size, ModelCon
                         i, kind_name(kind), layer, kind_name(x.kind), x.layer);
         if (bytes != x.bytes)
             return fail(err, "%s: section %zu (%s, layer %u) is %llu bytes; the header implies "
-                        "%zu", path, i, kind_name(kind), layer, (unsigned long long)bytes,
-                        x.bytes);
+                        "%zu%s", path, i, kind_name(kind), layer, (unsigned long long)bytes,
+                        x.bytes, kind == KIND_CLASSIFIER_Q8
+                                     ? " (a faithful file from an older converter, without the "
+                                       "second level? re-convert it with `invoke convert "
+                                       "--format faithful`)"
+                                     : "");
         if (off % PAGE != 0 || off < end || off > size || bytes > size - off)
             return fail(err, "%s: section %zu (%s, layer %u) at offset %llu is %s", path, i,
                         kind_name(kind), layer, (unsigned long long)off,
@@ -248,6 +265,47 @@ static int check_f32_unmapped(const Model *m, const char *path, const char *name
     free(buf);
     return rc;
 }
+/* The second level's norms (section 11), finite and >= 0: read with pread, like the fp32
+ * classifier, so that the mapping never maps them (faithful.c reads the second level with
+ * pread too, right after: the page cache still holds it). */
+static int check_refine_norms(const Model *m, const char *path, size_t section_index,
+                              Error *err) {
+    const Tensor *t = &m->classifier_q8;
+    const size_t block = m->classifier_refine_block, per_read = 64;
+    off_t at = (off_t)(m->classifier_refine - (const unsigned char *)m->map);
+    unsigned char *buf = malloc(per_read * block);
+    if (!buf) return fail(err, "%s: out of memory", path);
+    for (size_t tile = 0; tile < t->tiles; tile += per_read) {
+        size_t count = t->tiles - tile < per_read ? t->tiles - tile : per_read;
+        size_t want = count * block, got = 0;
+        off_t from = at + (off_t)(tile * block);
+        while (got < want) {
+            ssize_t r = pread(m->fd, buf + got, want - got, from + (off_t)got);
+            if (r <= 0) {
+                free(buf);
+                return fail(err, "%s: cannot read section %zu (classifier_q8): %s", path,
+                            section_index, r < 0 ? strerror(errno) : "file shrank while open");
+            }
+            got += (size_t)r;
+        }
+        for (size_t k = 0; k < count * 2 * PACK_ROWS; k++) {
+            size_t tk = k / (2 * PACK_ROWS), j = k % (2 * PACK_ROWS);
+            float v;
+            memcpy(&v, buf + tk * block + 4 * j, 4);
+            if (!(v >= 0.0f && v <= 3.0e38f)) {
+                free(buf);
+                return fail(err, "%s: section %zu (classifier_q8): row %zu's second-level %s "
+                            "norm %g is not a finite number >= 0 (a corrupted file: re-convert "
+                            "it with `invoke convert --format faithful`)", path, section_index,
+                            (tile + tk) * PACK_ROWS + j % PACK_ROWS,
+                            j < PACK_ROWS ? "residual" : "row", (double)v);
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 static int check_matrix(const char *path, const char *name, long layer, const Tensor *t,
                         Error *err) {
     if (t->type == TENSOR_PF32)
@@ -321,6 +379,8 @@ static int open_packed(Model *m, const char *path, Error *err) {
                         "rows' norm bound must be a finite number >= 0 (got %g), then %zu zero "
                         "bytes", path, i + 1, (double)bound, sizeof zeros);
         m->classifier_q8_norm_max = bound;
+        m->classifier_refine = trailer + FAITHFUL_TRAILER;
+        m->classifier_refine_block = refine_block_bytes(t);
         for (size_t r = 0; r < t->tiles * PACK_ROWS; r++) {
             float v;
             memcpy(&v, q8 + blocks + 4 * r, 4);
@@ -328,6 +388,7 @@ static int open_packed(Model *m, const char *path, Error *err) {
                 return fail(err, "%s: section %zu (classifier_q8): row %zu's residual norm %g is "
                             "not a finite number >= 0", path, i + 1, r, (double)v);
         }
+        if (check_refine_norms(m, path, i + 1, err)) return -1;
     }
     if (embedding) {
         *embedding = m->classifier;
@@ -338,15 +399,17 @@ static int open_packed(Model *m, const char *path, Error *err) {
     return check_finite(m, path, err);
 }
 
-/* A faithful file's token reads the int8 classifier, not the fp32 one: the fp32 tiles
- * the certified sampler recomputes come on top (counted by faithful.c). */
+/* A faithful file's token reads the int8 classifier, not the fp32 one: the second-level
+ * and fp32 tiles the certified sampler reads come on top (counted by faithful.c). */
 static size_t streamed_bytes(const Model *m) {
     const ModelConfig *c = &m->cfg;
     size_t total = 0, n = section_count(c);
     int faithful = c->format == FORMAT_PACKED_FAITHFUL;
     for (size_t i = 0; i < n; i++) {
         Expected x = expected(c, i);
-        if (x.kind != KIND_EMBEDDING && !(faithful && x.kind == KIND_CLASSIFIER))
+        if (x.kind == KIND_CLASSIFIER_Q8)
+            total += classifier_q8_streamed(x.rows, x.cols);
+        else if (x.kind != KIND_EMBEDDING && !(faithful && x.kind == KIND_CLASSIFIER))
             total += x.bytes;
     }
     return total;

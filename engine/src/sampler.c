@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "ops.h"
 
 int sampler_init(Sampler *s, int vocab_size, float temperature, float topp,
@@ -80,11 +81,22 @@ int sample_topp(const float *p, int n, float topp, ProbIndex *probindex, float c
     return probindex[last].index;
 }
 
-int sampler_sample(Sampler *s, float *logits) {
+/* run.c's logits[q] /= temperature. x / 1.0f is x (a NaN stays a NaN, which no comparison
+ * tells apart), so at -t 1, the contest's, no divide is done: the same token. */
+void sampler_scale(float *logits, int n, float temperature) {
+    if (temperature == 1.0f) return;
+    for (int q = 0; q < n; q++) logits[q] /= temperature;
+}
+
+static int sample(Sampler *s, float *logits, void (*normalize)(float *, int)) {
     if (s->temperature == 0.0f) return sample_argmax(logits, s->vocab_size);
-    for (int q = 0; q < s->vocab_size; q++) logits[q] /= s->temperature;
-    softmax(logits, s->vocab_size);
+    sampler_scale(logits, s->vocab_size, s->temperature);
+    normalize(logits, s->vocab_size);
     float coin = random_f32(&s->rng_state);
     if (s->topp <= 0 || s->topp >= 1) return sample_mult(logits, s->vocab_size, coin);
     return sample_topp(logits, s->vocab_size, s->topp, s->probindex, coin);
 }
+
+int sampler_sample(Sampler *s, float *logits) { return sample(s, logits, softmax); }
+
+int sampler_sample_fast(Sampler *s, float *logits) { return sample(s, logits, softmax_fast); }

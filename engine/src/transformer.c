@@ -170,8 +170,12 @@ float *transformer_forward(Transformer *t, int token, int pos) {
         t->matvec(s->hb, &w->w1, &a);
         t->matvec(s->hb2, &w->w3, &a);
 
-        /* SwiGLU non-linearity: silu(w1(x)) * w3(x) */
-        swiglu(s->hb, s->hb2, hidden);
+        /* SwiGLU non-linearity: silu(w1(x)) * w3(x); the packed q8/q4 paths' stories are
+         * not run.c's: exp_fast's, vectorised (kernels.h) */
+        if (t->path == LLAMA2_PATH_QUANT && p->format != FORMAT_Q80)
+            swiglu_fast(s->hb, s->hb2, (size_t)hidden);
+        else
+            swiglu(s->hb, s->hb2, hidden);
 
         /* final matmul to get the output of the ffn */
         a = activation(t, s->hb, (size_t)hidden);
@@ -196,5 +200,7 @@ float *transformer_forward(Transformer *t, int token, int pos) {
 
 int transformer_sample(Transformer *t, Sampler *s, float *logits) {
     if (t->path == LLAMA2_PATH_FAITHFUL) return faithful_sample(t->faithful, t->model, s, logits);
+    /* the quantized path's logits are not run.c's: a vectorised softmax (kernels.h) */
+    if (t->path == LLAMA2_PATH_QUANT) return sampler_sample_fast(s, logits);
     return sampler_sample(s, logits);
 }

@@ -7,6 +7,7 @@
 
 #include "../include/llama2.h"
 #include "../src/kernels.h"
+#include "../src/kv_cache.h"
 #include "../src/ops.h"
 #include "../src/sampler.h"
 #include "../src/tokenizer.h"
@@ -192,6 +193,120 @@ static void test_half(void) {
     CHECK(bad == 0, "fp32 -> binary16: %d mismatches", bad);
 }
 
+/* Bits equal, or both NaN (whose payloads the ISAs propagate differently). */
+static int same_bits(float a, float b) {
+    return memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b));
+}
+
+/* The fp32 attention (kernels.h, attention_f32) against run.c's (ops.c attention_head,
+ * keys by position): the reference (kernels_ref), the ISA's (kernels_isa, when it has one)
+ * and the dispatcher, bit for bit, scores and outputs, none writing past att[pos] or
+ * out[head_size - 1]. Head sizes odd and around the vector lengths (LMUL 8: 32 lanes at
+ * VLEN 128), positions 0 to past 8 x 32, strides larger than the data; random values,
+ * then zeros of both signs, subnormals, huge values (inf and NaN scores). */
+static void check_attention_f32(int hs, int pos, int kind) {
+    const size_t n = (size_t)pos + 1, kv_stride = (size_t)hs + 3, max_pos = n + 5;
+    float *q = malloc((size_t)hs * sizeof *q);
+    float *key = malloc(n * kv_stride * sizeof *key); /* run.c's [pos][kv_dim] */
+    float *keyt = malloc((size_t)hs * max_pos * sizeof *keyt); /* transposed */
+    float *value = malloc(n * kv_stride * sizeof *value);
+    float *att[4], *out[4];
+    for (int j = 0; j < 4; j++) {
+        att[j] = malloc((n + 1) * sizeof(float));
+        out[j] = malloc(((size_t)hs + 1) * sizeof(float));
+        att[j][n] = out[j][hs] = 12345.0f;
+    }
+    for (int i = 0; i < hs; i++) q[i] = uniform() * 4.0f;
+    for (size_t t = 0; t < n * kv_stride; t++) {
+        key[t] = uniform();
+        value[t] = uniform();
+        if (kind == 1) { /* zeros of both signs, subnormals */
+            float r = uniform();
+            key[t] = r < -0.5f ? -0.0f : r < 0.0f ? 0.0f : r < 0.5f ? key[t] * 0x1p-140f : key[t];
+            value[t] = t % 3 ? value[t] * 0x1p-130f : -0.0f;
+        } else if (kind == 2 && t % 7 == 0) { /* huge: inf and NaN scores */
+            key[t] *= 0x1p126f;
+        }
+    }
+    if (kind == 1) q[0] = -0.0f;
+    for (size_t t = 0; t < n; t++)
+        for (int i = 0; i < hs; i++) keyt[(size_t)i * max_pos + t] = key[t * kv_stride + (size_t)i];
+    attention_head(out[0], att[0], q, key, value, pos, hs, kv_stride);
+    kernels_ref.attention_f32(out[1], att[1], q, keyt, max_pos, value, kv_stride, pos, hs);
+    attention_f32(out[2], att[2], q, keyt, max_pos, value, kv_stride, pos, hs);
+    const int isa = kernels_isa.attention_f32 != NULL;
+    if (isa) kernels_isa.attention_f32(out[3], att[3], q, keyt, max_pos, value, kv_stride, pos, hs);
+    int bad = 0;
+    for (int j = 1; j < 3 + isa; j++) {
+        for (size_t t = 0; t < n; t++) bad += !same_bits(att[0][t], att[j][t]);
+        for (int i = 0; i < hs; i++) bad += !same_bits(out[0][i], out[j][i]);
+        bad += att[j][n] != 12345.0f || out[j][hs] != 12345.0f;
+    }
+    CHECK(bad == 0, "attention_f32 head_size %d pos %d kind %d: %d differences", hs, pos, kind,
+          bad);
+    for (int j = 0; j < 4; j++) {
+        free(att[j]);
+        free(out[j]);
+    }
+    free(q);
+    free(key);
+    free(keyt);
+    free(value);
+}
+
+static void test_attention_f32(void) {
+    static const int sizes[] = {1, 2, 3, 5, 8, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 97};
+    static const int far[] = {63, 64, 65, 95, 96, 127, 128, 129, 255, 256, 257, 300};
+    for (size_t h = 0; h < sizeof sizes / sizeof *sizes; h++) {
+        for (int pos = 0; pos < 40; pos++) check_attention_f32(sizes[h], pos, 0);
+        for (size_t p = 0; p < sizeof far / sizeof *far; p++)
+            for (int kind = 0; kind < 3; kind++) check_attention_f32(sizes[h], far[p], kind);
+    }
+}
+
+/* The fp32 KV cache end to end: positions stored through kv_cache_key/value/store (keys
+ * transposed), grouped-query heads (n_kv_heads < n_heads), layer 1 of 2; kv_cache_attention
+ * against attention_head over the same keys and values by position (run.c's cache). */
+static void test_kv_cache_f32(void) {
+    const ModelConfig c = {.dim = 60, .hidden_dim = 8, .n_layers = 2, .n_heads = 6,
+                           .n_kv_heads = 2, .vocab_size = 4, .seq_len = 40,
+                           .format = FORMAT_V1};
+    const int hs = c.dim / c.n_heads, kv_dim = hs * c.n_kv_heads, max_pos = 37;
+    KvCache kv;
+    CHECK(kv_cache_init(&kv, &c, max_pos) == 0, "kv_cache_init");
+    float *keys = malloc((size_t)max_pos * kv_dim * sizeof *keys);
+    float *values = malloc((size_t)max_pos * kv_dim * sizeof *values);
+    float q[60], att[2][37], out[2][10];
+    int bad = 0;
+    for (int pos = 0; pos < max_pos; pos++) {
+        for (int l = 0; l < c.n_layers; l++) {
+            float *k = kv_cache_key(&kv, l, pos), *v = kv_cache_value(&kv, l, pos);
+            for (int i = 0; i < kv_dim; i++) {
+                k[i] = uniform();
+                v[i] = uniform();
+                if (l == 1) {
+                    keys[pos * kv_dim + i] = k[i];
+                    values[pos * kv_dim + i] = v[i];
+                }
+            }
+            kv_cache_store(&kv, l, pos);
+        }
+        for (int i = 0; i < c.dim; i++) q[i] = uniform() * 3.0f;
+        for (int h = 0; h < c.n_heads; h++) {
+            const int kvh = h / (c.n_heads / c.n_kv_heads);
+            kv_cache_attention(&kv, 1, kvh, out[0], att[0], q + h * hs, pos, hs);
+            attention_head(out[1], att[1], q + h * hs, keys + kvh * hs, values + kvh * hs, pos,
+                           hs, (size_t)kv_dim);
+            bad += memcmp(att[0], att[1], (size_t)(pos + 1) * sizeof(float)) != 0;
+            bad += memcmp(out[0], out[1], sizeof out[0]) != 0;
+        }
+    }
+    CHECK(bad == 0, "fp32 KV cache (GQA) vs run.c's attention: %d differences", bad);
+    kv_cache_free(&kv);
+    free(keys);
+    free(values);
+}
+
 static void test_utf8(void) {
     CHECK(utf8_invalid_at("Once upon a time") == 0, "ascii");
     CHECK(utf8_invalid_at("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x90\x89") == 0, "valid multibyte");
@@ -210,5 +325,7 @@ int main(void) {
     test_sampler();
     test_utf8();
     test_half();
+    test_attention_f32();
+    test_kv_cache_f32();
     return report();
 }
