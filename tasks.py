@@ -201,7 +201,14 @@ def fuzz(c: Context, seconds: int = 60, target: str = "all") -> None:
         "(engine/CYCLE_MODEL.md)",
         "models": "with --riscv: more model files (PATH[,PATH...]), each on the engine's "
         "default path for its format",
-        "target": "with --riscv: the riscv64 build to count (default rv64gcv)",
+        "target": "with --riscv: the riscv64 build to count (default rv64gcv, the proxy; "
+        "c906 with --qemu)",
+        "qemu": "with --riscv: PATH of a qemu-riscv64 that runs XTheadVector (-cpu c906fdv): "
+        "counts the c906 build",
+        "plugin": "with --qemu: the counting plugin .so built against that QEMU's "
+        "qemu-plugin.h (default: engine/tools/qemu_insn_plugin.c, API 1)",
+        "only": "with --riscv: some default configurations (K[,K...] of fp32-ref, fp32-fast, "
+        "q80, pfp32-ref, pfp32, q8, q4, faithful)",
         "fidelity": "instead: each fast format's stories and next-token distributions "
         "against the fp32 reference (stories260K and synth15m, --seeds seeds)",
         "seeds": "with --fidelity: seeds per format (default 20)",
@@ -215,6 +222,9 @@ def fuzz(c: Context, seconds: int = 60, target: str = "all") -> None:
         "has it, gives run.c's reference story)",
         "asr": "instead: the storyteller's speech recognition on a labelled set of spoken "
         "requests, other speech and noise (espeak-ng voices, sox; about 90 s)",
+        "storage": "instead: the faithful path's storage reads per token in the 64 MB QEMU "
+        "guest (mem=60M, the Duo's ~55 MB; --model, default synth15m; minutes) into "
+        "build/riscv-bench/storage.json, which --riscv prices at SD-card speed",
     },
 )
 def bench(
@@ -224,7 +234,10 @@ def bench(
     tokenizer: str = "",
     riscv: bool = False,
     models: str = "",
-    target: str = "rv64gcv",
+    target: str = "",
+    qemu: str = "",
+    plugin: str = "",
+    only: str = "",
     fidelity: bool = False,
     seeds: int = 20,
     faithful: bool = False,
@@ -233,6 +246,7 @@ def bench(
     password: str = "",
     recipe: str = "duo-64m",
     asr: bool = False,
+    storage: bool = False,
 ) -> None:
     """The contest protocol, for each compute path side by side: tok/s, RSS, story match.
     With --riscv: instructions/token under QEMU, bytes/token, RSS and a modelled Duo tok/s.
@@ -243,7 +257,11 @@ def bench(
     from duo_builder.bench import fidelity as fid
     from duo_builder.bench import riscv as rb
 
-    if asr:
+    if storage:
+        from duo_builder.bench import storage as sb
+
+        sb.main(model=model or None, tokenizer=tokenizer or None)
+    elif asr:
         from duo_builder.bench import asr as asr_bench
         from duo_builder.build import engine as eng
 
@@ -264,7 +282,8 @@ def bench(
         fb.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
     elif riscv:
         extra = [m for m in models.split(",") if m]
-        rb.main(models=extra, model=model or None, tokenizer=tokenizer or None, target=target)
+        keys = [k for k in only.split(",") if k]
+        rb.main(extra, model or None, tokenizer or None, target, qemu, plugin, keys)
     else:
         b.main(runs=runs, model=model or None, tokenizer=tokenizer or None)
 

@@ -241,3 +241,26 @@ def test_prompt_goes_on_the_kernel_command_line():
         assert base64.b64decode(arg.split("=", 1)[1]).decode() == text
     with pytest.raises(qi.QemuImageError, match="at most 512 bytes"):
         qi.kernel_command_line("x" * 600)
+
+
+def test_storage_reads_are_measured(image, qemu_kernel, rv64gcv_engine, stories260k, tmp_path):
+    """`invoke bench --storage` in the real guest (SSH, mem=60M, the faithful file on a third
+    disk): the disk's own counters, the engine's faults and RSS, parsed from the guest."""
+    from duo_builder.bench import storage
+    from duo_builder.model.convert import convert
+
+    model, tokenizer = stories260k
+    faithful = convert(model, tmp_path / "stories260K-faithful.bin", "faithful")
+    runs = storage.measure(image.path, qemu_kernel, faithful, tokenizer, rv64gcv_engine,
+                           steps=(16, 48), work=tmp_path)  # fmt: skip
+    for r in runs:  # caches dropped before each: the file came from the disk
+        assert r.disk_sectors * storage.SECTOR >= faithful.stat().st_size // 2, r
+        assert r.disk_reads > 0 and r.peak_rss_kb > 0 and r.stats.startswith("faithful: steps")
+        assert 0 < r.mem_available_min_kb < r.mem_total_kb
+        assert 0 < r.mem_available_before_kb < r.mem_total_kb
+        assert r.mem_total_kb < 57 * 1024  # mem=60M: the Duo's ~55 MB, not the guest's 59
+    assert runs[0].story_sha != runs[1].story_sha
+    assert runs[1].samples and runs[1].samples[-1][2] <= runs[1].disk_sectors  # every second
+    reads = storage.per_token(runs, "test")
+    storage.write(tmp_path / "storage.json", "faithful", reads, runs)
+    assert storage.load_measured("faithful", tmp_path / "storage.json") == reads

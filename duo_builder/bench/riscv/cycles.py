@@ -1,10 +1,12 @@
-"""The Duo cycle model (engine/CYCLE_MODEL.md): what an executed instruction costs on the
-C906, the calibration on the 2023 contest's best entry, the bytes a token streams from
-DRAM, and the modelled speed, the slower of compute and memory. No program runs here:
-count.py measures, report.py prints."""
+"""The Duo cycle model v2 (engine/CYCLE_MODEL.md): what an executed instruction costs on the
+C906 by class, SEW and LMUL (../shared/notes/c906-facts.md's figures), the bytes a token
+streams from DRAM, and the modelled time of a token in the four scenarios (1.0 or 1.4 GB/s;
+compute and memory overlapping or not) plus storage. No program runs here: count.py
+measures, calibration.py fits, report.py prints."""
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from collections.abc import Sequence
@@ -16,28 +18,13 @@ from duo_builder.errors import BuildError
 from duo_builder.model import checkpoint, packed
 from duo_builder.model.checkpoint import Config
 
-# --- the cycle model (engine/CYCLE_MODEL.md) -----------------------------------------------
+# --- the Duo --------------------------------------------------------------------------------
 VLEN = 128  # bits: the C906's vector registers
-DATAPATH = 64  # bits of a vector register the C906 processes per cycle (roughly)
-REDUCTION_EXTRA = 6.0  # units on top of a reduction's element work (5-9+ cycles measured)
-ORDERED_PER_ELEMENT = 4.0  # vfredosum: one dependent fp add per element
-SCALAR_DIV = 8.0  # integer div/rem, fdiv, fsqrt: iterative, not pipelined
-VECTOR_DIV_PER_ELEMENT = 2.0  # vector div/rem/sqrt, per element
-SCALAR_DIVISIONS = frozenset(
-    "div divu divw divuw rem remu remw remuw fdiv.s fdiv.d fdiv.h fsqrt.s fsqrt.d fsqrt.h".split()
-)
-
-# --- calibration and the Duo --------------------------------------------------------------
 CLOCK_HZ = 1e9  # the C906 in the CV1800B
-DRAM_BYTES_PER_S = 1.4e9  # DDR2, what a streaming read achieves (1.3-1.5 GB/s)
-CONTEST_INSNS_PER_TOKEN = 19.0e6  # runq.c as optimized by the best 2023 entry, XTheadVector
-CONTEST_TOK_S = 24.3  # the same binary on a Duo
-CONTEST_CYCLES_PER_TOKEN = CLOCK_HZ / CONTEST_TOK_S  # 41.15 M
-# The issue's scalar context (rv64gc builds of llama2.c, stories15M shape)
-SCALAR_REFERENCES = (
-    ("run.c -O3 (rv64gc scalar, fp32)", 97.5e6, "fp32"),
-    ("runq.c -Ofast (rv64gc scalar, Q8_0)", 124.8e6, "q80"),
-)
+BANDWIDTHS = (1.0e9, 1.4e9)  # a streaming DRAM read on the Duo: somewhere in 1.0-1.4 GB/s
+SD_BYTES_PER_S = 22e6  # the SD card, sequential
+SD_REQUEST_S = 0.5e-3  # per storage request (an assumption: an A1 card's ~1,500 random IOPS)
+PAGE = 4096  # no storage request reads less than a page
 
 # --- the measured positions ---------------------------------------------------------------
 FIRST, LAST = 64, 192  # measured positions: FIRST .. LAST - 1
@@ -50,7 +37,46 @@ class RiscvBenchError(BuildError):
 
 
 # ===========================================================================================
-# Disassembly and the cycle model
+# The scenarios and the time of a token
+# ===========================================================================================
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One end of the range: DRAM bandwidth, and whether compute and memory overlap."""
+
+    bandwidth: float  # bytes/s
+    overlap: bool  # True: max(compute, memory); False: compute + memory
+
+    @property
+    def label(self) -> str:
+        return f"{self.bandwidth / 1e9:.1f} GB/s {'max' if self.overlap else 'sum'}"
+
+    def seconds(self, cycles: float, nbytes: float, storage_s: float = 0.0) -> float:
+        """One token: calibrated cycles at CLOCK_HZ, bytes at the bandwidth, and the
+        storage seconds, which overlap nothing."""
+        compute, memory = cycles / CLOCK_HZ, nbytes / self.bandwidth
+        core = max(compute, memory) if self.overlap else compute + memory
+        return core + storage_s
+
+    def bound(self, cycles: float, nbytes: float) -> str:
+        return "mem" if nbytes / self.bandwidth > cycles / CLOCK_HZ else "cpu"
+
+
+# The pessimistic ones first: the issue's targets are read at 1.0 GB/s, sum
+SCENARIOS = tuple(Scenario(bw, ov) for bw in BANDWIDTHS for ov in (False, True))
+PESSIMISTIC = SCENARIOS[0]
+
+
+def storage_seconds(read_bytes: float, requests: float) -> float:
+    """Storage time of a token: its bytes at the SD card's sequential speed, plus a fixed
+    cost per request; no more requests than pages read."""
+    n = min(requests, read_bytes / PAGE)
+    return read_bytes / SD_BYTES_PER_S + n * SD_REQUEST_S
+
+
+# ===========================================================================================
+# Disassembly and the vtype each vector instruction runs under
 # ===========================================================================================
 
 
@@ -116,16 +142,18 @@ def parse_objdump(text: str) -> list[Insn]:
     return insns
 
 
-def _base(mnemonic: str) -> str:
-    """The mnemonic without the XTheadVector prefix (th.vadd.vv -> vadd.vv)."""
-    return mnemonic[3:] if mnemonic.startswith("th.v") else mnemonic
+def base(mnemonic: str) -> str:
+    """The mnemonic without the T-Head prefix (th.vadd.vv -> vadd.vv, th.flrw -> flrw)."""
+    return mnemonic[3:] if mnemonic.startswith("th.") else mnemonic
 
 
 def _is_vset(mnemonic: str) -> bool:
-    return _base(mnemonic).startswith("vset")
+    return base(mnemonic).startswith("vset")
 
 
 def _parse_vtype(operands: Sequence[str]) -> tuple[int, Fraction] | None:
+    """SEW and LMUL of a vset*'s operands (RVV 1.0 `e8,m2,ta,ma` or XTheadVector
+    `e8,m2,d1`)."""
     sew = lmul = None
     for op in operands:
         if m := re.fullmatch(r"e(\d+)", op):
@@ -137,7 +165,7 @@ def _parse_vtype(operands: Sequence[str]) -> tuple[int, Fraction] | None:
     return sew, lmul if lmul is not None else Fraction(1)
 
 
-_STORE = re.compile(r"^(s[bhwd]|fs[hwd]|c\.f?s[wd](sp)?)$")
+_STORE = re.compile(r"^(s[bhwd]|fs[hwd]|c\.f?s[wd](sp)?|f?su?r[bhwd]|s[bhwd]i[ab]|s[wd]d)$")
 _BRANCH = frozenset(
     "beq bne blt bge bltu bgeu beqz bnez blez bgez bltz bgtz bgt ble bgtu bleu "
     "c.beqz c.bnez j jr c.j c.jr ret".split()
@@ -149,7 +177,7 @@ def _writes(insn: Insn, reg: str) -> bool:
     store or a branch, which have no destination."""
     if not insn.operands or insn.operands[0] != reg:
         return False
-    m = _base(insn.mnemonic)
+    m = base(insn.mnemonic)
     vector_store = m.startswith("vs") and m.endswith(".v")
     return not (_STORE.match(m) or m in _BRANCH or vector_store)
 
@@ -177,10 +205,11 @@ def _known_avl(insns: Sequence[Insn], i: int, reg: str, vtypes: Sequence[VType |
 
 
 def governing_vtypes(insns: Sequence[Insn]) -> list[VType | None]:
-    """For each instruction, the vtype in force: set by the nearest preceding vset* in
-    program (address) order within its function. The AVL of a vsetvli is taken as VLMAX
-    unless it is an immediate (vsetivli), zero (VLMAX), x0 with rd x0 (VL kept), or a
-    register last written by `li` or by another vset* nearby. None = no vset* yet."""
+    """For each instruction, the vtype in force: set by the nearest preceding vset*
+    (`vsetvli`, `vsetivli`, XTheadVector's `th.vsetvli`) in program (address) order within
+    its function. The AVL of a vsetvli is taken as VLMAX unless it is an immediate
+    (vsetivli), zero (VLMAX), x0 with rd x0 (VL kept), or a register last written by `li`
+    or by another vset* nearby. None = no vset* yet, or a vsetvl (vtype in a register)."""
     out: list[VType | None] = []
     current: VType | None = None
     function = None
@@ -194,9 +223,8 @@ def governing_vtypes(insns: Sequence[Insn]) -> list[VType | None]:
             else:
                 sew, lmul = parsed
                 vmax = vlmax(sew, lmul)
-                base = _base(insn.mnemonic)
                 rd, avl_op = (insn.operands + ("", ""))[:2]
-                if base.startswith("vsetivli"):
+                if base(insn.mnemonic).startswith("vsetivli"):
                     vl = min(vmax, int(avl_op, 0))
                 elif avl_op in ("zero", "x0"):  # rd x0: VL kept; else VLMAX
                     keep = current if rd in ("zero", "x0") else None
@@ -209,51 +237,174 @@ def governing_vtypes(insns: Sequence[Insn]) -> list[VType | None]:
     return out
 
 
-_UNIT_STRIDE = re.compile(r"^v[ls](?:seg(\d))?e(\d+)(?:ff)?\.v$")
-_STRIDED = re.compile(r"^v[ls]s(?:seg(\d))?e(\d+)\.v$")
-_INDEXED = re.compile(r"^v[ls][uo]x(?:seg(\d))?ei(\d+)\.v$")
-_WHOLE = re.compile(r"^(?:vl(\d)re\d+\.v|vl(\d)r\.v|vs(\d)r\.v|vmv(\d)r\.v)$")
-_SCALAR_MOVE = frozenset(
-    "vmv.x.s vfmv.f.s vmv.s.x vfmv.s.f vcpop.m vpopc.m vfirst.m vmfirst.m vlm.v vsm.v".split()
+# ===========================================================================================
+# The cost table: cycles per executed instruction (engine/CYCLE_MODEL.md)
+# ===========================================================================================
+
+# Vector: cycles at LMUL 1, 2, 4, 8 (c906-facts.md, rvv-bench on the C906; the LMUL 8
+# column, and any figure the facts leave blank, doubles the one before: an extrapolation)
+V_INT = (4, 4, 8, 16)  # vadd, vsll, vand, vmv.v.x, vslideup, compares, merges...
+V_MUL_NARROW_SEW = (4, 4, 8, 16)  # vmul / vmacc at e8, e16
+V_MUL_E32 = (5, 5, 8, 16)  # vmul / vmacc at e32, e64
+V_WIDEN = (4, 8, 16, 32)  # vwmul, vwmacc, vwadd(.wv), vwcvt, vfwadd, vfwcvt: by source LMUL
+V_NARROW = (4, 8, 16, 32)  # vnsra, vnclip, vncvt, vfncvt: by destination LMUL
+V_RED = (5, 5, 9, 18)  # vredsum, vwredsum, vredmax...
+V_FADD = (4, 4, 8, 16)  # vfadd, vfsub, vfmin/max, vfsgnj, vfcvt (same width), fp compares
+V_FMUL = (5, 5, 8, 16)  # vfmul, vfmacc, vfmadd... (e32; e16 assumed the same)
+V_FWMACC = (5, 10, 20, 40)  # vfwmacc, vfwmul (e16 source)
+V_FRED_U = {32: (9, 14, 22, 44), 16: (12, 17, 34, 68)}  # vfredusum (0.7.1 vfredsum), max, min
+V_FRED_O = {32: (11, 23, 47, 95), 16: (23, 47, 95, 190)}  # vfredosum, vfwredosum
+V_RGATHER = (4, 16, 64, 256)  # vrgather.vv
+V_DIV = (36, 72, 144, 288)  # vfdiv, vfsqrt (e32); integer vdiv/vrem assumed the same
+V_TO_SCALAR = {"vmv.x.s": 5, "vext.x.v": 5, "vfmv.f.s": 4}  # 0.7.1 vext.x.v = vmv.x.s
+V_TO_SCALAR_OTHER = 5  # vcpop/vfirst (0.7.1 vmpopc/vmfirst): assumed as vmv.x.s
+V_FROM_SCALAR = 4  # vmv.s.x, vfmv.s.f: assumed as an integer op at LMUL 1
+V_MASK = 4  # vmand.mm ...: an integer op at LMUL 1
+VSET = 3  # vsetvli, vsetivli, th.vsetvli
+V_MEM_PER_16B = 2  # unit-stride loads and stores: ~8 bytes per cycle in L1
+V_MEM_PER_ELEMENT = 2  # strided and indexed: element by element (an assumption)
+
+# Scalar (openc906 user manual; rvv-bench for mul and add)
+S_DEFAULT = 1  # add, shift, logic, lui, li, mv, T-Head addsl/ext/extu/mveqz..., branches
+S_LOAD = 2  # lb..ld, flw, fld, T-Head indexed lr*/flr* and post-increment l*ia/l*ib
+S_LOAD_PAIR = 3  # T-Head ldd/lwd/lwud: two registers (an assumption)
+S_STORE = 1  # a store buffer (an assumption)
+S_MUL = 4  # mul, mulw, T-Head mula/muls... (rvv-bench measured 4; the manual says 3)
+S_MULH = 6
+S_DIV = 20.5  # div, divu, rem, remu: 5-36, iterative: the middle
+S_DIVW = 12.5  # divw, divuw, remw, remuw: 5-20
+S_FADD = 3  # fadd, fsub, fmul (.s, .d, .h)
+S_FMADD = 4  # fmadd, fmsub, fnmadd, fnmsub
+S_FDIV = 10  # fdiv, fsqrt: 4-17
+S_FOTHER = 3  # fmv, fcvt, feq/flt/fle, fclass, fsgnj, fmin/fmax
+S_ATOMIC = 2  # lr/sc, amo*: as a load (rare on our paths)
+
+_V_UNIT = re.compile(r"^v[ls](?:seg(\d))?(?:e(\d*)|[bhw]u?)(?:ff)?\.v$")  # vle32.v, vle.v, vlbu.v
+_V_STRIDED = re.compile(r"^v[ls]s(?:seg(\d))?(?:e\d*|[bhw]u?)\.v$")  # vlse32.v, vlse.v, vlsb.v
+_V_INDEXED = re.compile(r"^v[ls](?:[uo]x|x|ux)(?:seg(\d))?(?:ei\d+|e|[bhw]u?)\.v$")
+_V_WHOLE = re.compile(r"^v[ls](\d)r(?:e\d+)?\.v$")
+_V_MVNR = re.compile(r"^vmv(\d)r\.v$")
+_V_MASK = re.compile(
+    r"^vm(and|nand|andn|andnot|xor|or|nor|orn|ornot|xnor|mv|not|clr|set|sbf|sif|sof)\.mm?$"
 )
-_MASK = re.compile(r"^vm(and|nand|andn|andnot|xor|or|nor|orn|ornot|xnor|mv|not|clr|set)\.mm?$")
-_NARROWING = re.compile(r"^v(nsrl|nsra|nclip|nclipu|ncvt|fncvt)\.")
-_MASK_SET = frozenset("vmsbf.m vmsif.m vmsof.m".split())
+_V_TO_SCALAR_OTHER = frozenset("vcpop.m vpopc.m vmpopc.m vfirst.m vmfirst.m".split())
+_S_LOAD = re.compile(r"^(l[bhwd]u?|fl[hwd]|c\.f?l[wd](sp)?|f?lu?r[bhwd]u?|l[bhwd]u?i[ab])$")
+_S_LOAD_PAIR = frozenset("ldd lwd lwud".split())
+_S_MUL = re.compile(r"^(mulw?|mul[as][hw]?)$")
+_S_MULH = frozenset("mulh mulhu mulhsu".split())
+_S_DIV = frozenset("div divu rem remu".split())
+_S_DIVW = frozenset("divw divuw remw remuw".split())
+_S_FP_CSR = frozenset("frflags fsflags frrm fsrm frcsr fscsr fsflagsi fsrmi fence fence.i".split())
+
+
+def _lmul_index(vtype: VType, sew: int | None = None) -> int:
+    """0..3 for LMUL 1, 2, 4, 8: the registers the instruction touches at its VL (a
+    fractional LMUL or a short VL counts as one register)."""
+    width = vtype.vl * (sew or vtype.sew)
+    regs = max(1, math.ceil(width / VLEN), 1)
+    regs = min(regs, max(1, int(vtype.lmul)))
+    return min(3, (regs - 1).bit_length())
+
+
+def vector_cost(m: str, t: VType) -> float:
+    """Cycles of one vector instruction `m` (T-Head prefix removed) under vtype `t`."""
+    li = _lmul_index(t)
+    if m.startswith("vset"):
+        return VSET
+    if w := _V_WHOLE.match(m):
+        return V_MEM_PER_16B * int(w[1])
+    if w := _V_MVNR.match(m):
+        return V_INT[min(3, (int(w[1]) - 1).bit_length())]
+    if m in ("vlm.v", "vsm.v"):
+        return V_MEM_PER_16B
+    if s := _V_UNIT.match(m):
+        eew = int(s[2]) if s[2] else t.sew  # 0.7.1 vle.v/vlb.v: SEW-wide register elements
+        return V_MEM_PER_16B * int(s[1] or 1) * max(1.0, t.vl * eew / VLEN)
+    if s := (_V_STRIDED.match(m) or _V_INDEXED.match(m)):
+        return V_MEM_PER_ELEMENT * int(s[1] or 1) * t.vl
+    if m in V_TO_SCALAR:
+        return V_TO_SCALAR[m]
+    if m in _V_TO_SCALAR_OTHER:
+        return V_TO_SCALAR_OTHER
+    if m in ("vmv.s.x", "vfmv.s.f"):
+        return V_FROM_SCALAR
+    if _V_MASK.match(m):
+        return V_MASK
+    if re.match(r"^vfw?redosum\.", m):
+        return V_FRED_O[16 if m.startswith("vfw") or t.sew <= 16 else 32][li]
+    if re.match(r"^vfw?red", m):
+        return V_FRED_U[16 if m.startswith("vfw") or t.sew <= 16 else 32][li]
+    if re.match(r"^vw?red", m):
+        return V_RED[li]
+    if re.match(r"^v(f?div|divu|f?rdiv|remu?|fsqrt)\.", m):
+        return V_DIV[li]
+    if m.startswith("vrgather"):
+        return V_RGATHER[li] if ".vv" in m or "ei16" in m else V_INT[li]
+    if re.match(r"^vfw(n?macc|n?msac|mul)\.", m):
+        return V_FWMACC[li]
+    if re.match(r"^v(f?w|fwcvt)", m):  # widening: by source LMUL, vtype's
+        return V_WIDEN[li]
+    if re.match(r"^v(nsrl|nsra|nclipu?|ncvt|fncvt)\.", m):  # by destination LMUL
+        return V_NARROW[li]
+    if re.match(r"^v(mulh?s?u?|n?macc|n?msac|madd|nmsub)\.", m):
+        return (V_MUL_NARROW_SEW if t.sew <= 16 else V_MUL_E32)[li]
+    if re.match(r"^vf(mul|n?macc|n?msac|n?madd|n?msub)\.", m):
+        return V_FMUL[li]
+    if m.startswith("vf"):
+        return V_FADD[li]
+    return V_INT[li]
+
+
+def scalar_cost(m: str) -> float:
+    """Cycles of one scalar instruction `m` (T-Head prefix removed)."""
+    if _S_LOAD.match(m) or m.startswith("lr."):
+        return S_ATOMIC if m.startswith("lr.") else S_LOAD
+    if m in _S_LOAD_PAIR:
+        return S_LOAD_PAIR
+    if _STORE.match(m):
+        return S_STORE
+    if m.startswith(("sc.", "amo")):
+        return S_ATOMIC
+    if m in _S_MULH:
+        return S_MULH
+    if _S_MUL.match(m):
+        return S_MUL
+    if m in _S_DIV:
+        return S_DIV
+    if m in _S_DIVW:
+        return S_DIVW
+    if m.startswith("f") and m not in _S_FP_CSR:
+        if re.match(r"^f(div|sqrt)\.", m):
+            return S_FDIV
+        if re.match(r"^fn?m(add|sub)\.", m):
+            return S_FMADD
+        if re.match(r"^f(add|sub|mul)\.", m):
+            return S_FADD
+        return S_FOTHER
+    return S_DEFAULT
+
+
+def is_vector(mnemonic: str) -> bool:
+    m = base(mnemonic)
+    return m.startswith("v")
+
+
+def cost(mnemonic: str, vtype: VType | None) -> float:
+    """Cycles (before the calibration factor) of one execution of `mnemonic` under
+    `vtype` (None: no vset* seen; one e32 register assumed)."""
+    m = base(mnemonic)
+    if m.startswith("v"):
+        return vector_cost(m, vtype or FALLBACK_VTYPE)
+    return scalar_cost(m)
 
 
 def weigh(insn: Insn, vtype: VType | None) -> float:
-    """Units (engine/CYCLE_MODEL.md) for one execution of `insn` under `vtype`."""
-    m = _base(insn.mnemonic)
-    if not m.startswith("v") or m.startswith("vset"):
-        return SCALAR_DIV if m in SCALAR_DIVISIONS else 1.0
-    t = vtype or FALLBACK_VTYPE
-    vl, sew = t.vl, t.sew
-
-    def elements(width: int, nf: int = 1) -> float:
-        return max(1.0, nf * vl * width / DATAPATH)
-
-    if w := _WHOLE.match(m):
-        nf = int(next(g for g in w.groups() if g))
-        return nf * VLEN / DATAPATH
-    if m in _SCALAR_MOVE or _MASK.match(m) or m in _MASK_SET:
-        return 1.0
-    if s := _UNIT_STRIDE.match(m):
-        return elements(int(s[2]), int(s[1] or 1))
-    if s := (_STRIDED.match(m) or _INDEXED.match(m)):
-        return max(1.0, float(int(s[1] or 1) * vl))  # element by element
-    if re.match(r"^vfw?redosum\.", m):
-        return ORDERED_PER_ELEMENT * vl
-    if re.match(r"^v(f|w|fw)?red", m):
-        return elements(sew) + REDUCTION_EXTRA
-    if _NARROWING.match(m):  # the source is 2 x SEW wide
-        return elements(2 * sew)
-    if re.match(r"^v(f?div|f?rdiv|divu|f?rem|remu|fsqrt)\.", m):
-        return max(1.0, VECTOR_DIV_PER_ELEMENT * vl)
-    return elements(sew)  # widening ops: SEW is their source width already
+    """cost() of a disassembled instruction."""
+    return cost(insn.mnemonic, vtype)
 
 
 def weigh_disassembly(text: str) -> dict[int, float]:
-    """Address -> units for every instruction of an objdump listing."""
+    """Address -> modelled cycles for every instruction of an objdump listing."""
     insns = parse_objdump(text)
     return {i.address: weigh(i, t) for i, t in zip(insns, governing_vtypes(insns), strict=True)}
 
@@ -314,17 +465,12 @@ def bytes_per_token(model: Path, pos: float = MEAN_POS) -> TokenBytes:
         raise RiscvBenchError(f"{model}: {e}") from None
 
 
-# ===========================================================================================
-# Calibration and the modelled speed
-# ===========================================================================================
+def stories15m_config() -> Config:
+    """The stories15M shape (the contest's model; synth15m has the same)."""
+    return Config(288, 768, 6, 6, 6, 32000, 256)
 
 
-def calibrate(units_per_insn: float) -> float:
-    """Cycles per unit, assuming the contest entry's units/instruction ratio equals
-    `units_per_insn`, that of our own runq-style Q8_0 path (an assumption: we do not have
-    its binary)."""
-    return CONTEST_CYCLES_PER_TOKEN / (CONTEST_INSNS_PER_TOKEN * units_per_insn)
-
-
-def modelled_tok_s(bytes_per_token: float, cycles_per_token: float) -> float:
-    return 1.0 / max(bytes_per_token / DRAM_BYTES_PER_S, cycles_per_token / CLOCK_HZ)
+def q80_bytes_per_token(cfg: Config, group_size: int = 32, pos: float = MEAN_POS) -> TokenBytes:
+    """What a llama2.c v2 Q8_0 file of shape `cfg` streams per token (runq.c's fp32 KV)."""
+    weights = checkpoint.streamed_bytes_per_token(cfg, "q80", group_size)
+    return TokenBytes("q80", weights, kv_bytes(cfg, pos, "q80"))

@@ -1015,12 +1015,16 @@ def ssh_guest(
     authorized_keys: bytes,
     console_log: Path,
     timeout: float = 300,
+    extra_disks: Sequence[Path] = (),
+    extra_append: str = "",
 ) -> Iterator[SshGuest]:
     """Boot the image with user networking forwarding 127.0.0.1:`port` (loopback only;
     `restrict=on`: the guest reaches nothing outside) to the guest's dropbear, and yield
     once it answers; the machine is stopped when the block ends. The guest boots a copy of
     `image`; a small ext4 disk carries `authorized_keys` in (S50DROPBEAR); the robot is off
-    (storyteller.mode=off) so the CPU is free for deploy and bench."""
+    (storyteller.mode=off) so the CPU is free for deploy and bench. `extra_disks` are
+    attached read-only after it (/dev/vdc, ...), `extra_append` ends the kernel command
+    line (e.g. mem=...)."""
     boot_host_deps()
     console_log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemu-ssh-") as tmp:
@@ -1035,8 +1039,13 @@ def ssh_guest(
         append = (
             "console=ttyS0 root=/dev/vda rw rootwait panic=-1 quiet "
             "storyteller.mode=off storyteller.ssh=/dev/vdb"
-        )
+        ) + (f" {extra_append}" if extra_append else "")
         cmd = qemu_command(Path(kernel), disk, keys, append)
+        for i, extra in enumerate(extra_disks):
+            cmd[cmd.index("-nic") : cmd.index("-nic")] = [
+                "-drive", f"file={extra},format=raw,if=none,id=extra{i},readonly=on",
+                "-device", f"virtio-blk-pci,drive=extra{i}",
+            ]  # fmt: skip
         cmd[cmd.index("-nic") : cmd.index("-nic") + 2] = [
             "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
             "-device", "virtio-net-pci,netdev=net0,romfile=",  # romfile=: no option ROM needed
