@@ -76,12 +76,14 @@ def run_once(
 
 
 def converted(fp32: Path, fmt: str, where: Path) -> Path:
-    """`fp32` in format `fmt` (q80, or packed fp32/q8/q4), converted when missing or stale."""
-    from duo_builder.model.convert import convert
+    """`fp32` in format `fmt` (q80, or packed fp32/q8/q4/faithful), converted when missing
+    or stale: older than `fp32` or than the converter's own modules (a format change)."""
+    from duo_builder.model import convert as converter
 
     out = where / f"{fp32.stem}-{fmt}.bin"
-    if not out.exists() or out.stat().st_mtime < fp32.stat().st_mtime:
-        convert(fp32, out, fmt)
+    sources = [fp32, *Path(converter.__file__).parent.glob("*.py")]
+    if not out.exists() or out.stat().st_mtime < max(f.stat().st_mtime for f in sources):
+        converter.convert(fp32, out, fmt)
     return out
 
 
