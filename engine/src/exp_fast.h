@@ -23,8 +23,11 @@
 #define EXP_FAST_MAX 88.0f    /* n <= 127 */
 #define EXP_FAST_ULP 2
 /* |exp_fast(x) - e^x| <= EXP_FAST_REL e^x in [EXP_FAST_MIN, EXP_FAST_MAX]: 2 ulp of a
- * float in [1, 2) is 2^-22 relative to it, at most 2^-22 relative to the value */
-#define EXP_FAST_REL 0x1p-22
+ * float in [1, 2) is 2^-22 relative to it, at most 2^-22 relative to the value. The exponent
+ * is an integer so that static assertions can use it (a floating comparison is not an
+ * integer constant expression for every C11 compiler: clang refuses it). */
+#define EXP_FAST_REL_BITS 22
+#define EXP_FAST_REL (1.0 / (double)(1L << EXP_FAST_REL_BITS))
 
 #define EXP_FAST_LOG2E 1.44269504088896341f
 #define EXP_FAST_MAGIC 0x1.8p23f /* adding it rounds to an integer (|v| < 2^22) */

@@ -56,7 +56,7 @@ double faithful_gamma(double k) {
  * inside 1 -+ 2^-20.9; one more rounding of the product by 1 -+ 2^-19 keeps it outside.
  * Where e^v may be subnormal (exp_fast(v) < 2^-100, or 0 below EXP_FAST_MIN) expf is only
  * within 2^-149: 0 below, 2^-99 above, as before. Only exact rows call libm's expf. */
-_Static_assert(EXP_FAST_REL <= 0x1p-22, "the bounds below assume exp_fast within 2^-22 of e^x");
+_Static_assert(EXP_FAST_REL_BITS >= 22, "the bounds below assume exp_fast within 2^-22 of e^x");
 #define EXP_WIDEN 0x1p-19f
 static inline float exp_lower_of(float f) {
     /* (+inf past EXP_FAST_MAX, where expf may still be finite: 0) */
