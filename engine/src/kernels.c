@@ -7,6 +7,8 @@
     (kernels_isa.types[type].field    ? kernels_isa.types[type].field                      \
      : kernels_fast.types[type].field ? kernels_fast.types[type].field                     \
                                       : kernels_ref.types[type].field)
+/* A kernel-set-wide entry (not per tensor type): the ISA's, else the reference. */
+#define ISA_OR_REF(field) (kernels_isa.field ? kernels_isa.field : kernels_ref.field)
 
 void matvec_ref(float *out, const Tensor *w, const Activation *x) {
     FIRST(w->type, matvec_ref)(out, w, x);
@@ -27,40 +29,34 @@ void matvec_packed_q8a16(float *out, const Tensor *w, const int16_t *xq, const f
 void attention_f16(float *out, float *att, const float *q, const uint16_t *key,
                    size_t key_stride, const uint16_t *value, size_t value_stride, int pos,
                    int head_size) {
-    AttentionF16Fn f = kernels_isa.attention_f16 ? kernels_isa.attention_f16
-                                                 : kernels_ref.attention_f16;
-    f(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+    ISA_OR_REF(attention_f16)(out, att, q, key, key_stride, value, value_stride, pos, head_size);
 }
 
 void attention_f32(float *out, float *att, const float *q, const float *key,
                    size_t key_stride, const float *value, size_t value_stride, int pos,
                    int head_size) {
-    AttentionF32Fn f = kernels_isa.attention_f32 ? kernels_isa.attention_f32
-                                                 : kernels_ref.attention_f32;
-    f(out, att, q, key, key_stride, value, value_stride, pos, head_size);
+    ISA_OR_REF(attention_f32)(out, att, q, key, key_stride, value, value_stride, pos, head_size);
 }
 
 void softmax_fast(float *x, int n) {
-    (kernels_isa.softmax_fast ? kernels_isa.softmax_fast : kernels_ref.softmax_fast)(x, n);
+    ISA_OR_REF(softmax_fast)(x, n);
 }
 
 void exp_fast_array(float *y, const float *x, size_t n) {
-    (kernels_isa.exp_fast ? kernels_isa.exp_fast : kernels_ref.exp_fast)(y, x, n);
+    ISA_OR_REF(exp_fast)(y, x, n);
 }
 
 void swiglu_fast(float *hb, const float *hb2, size_t n) {
-    (kernels_isa.swiglu_fast ? kernels_isa.swiglu_fast : kernels_ref.swiglu_fast)(hb, hb2, n);
+    ISA_OR_REF(swiglu_fast)(hb, hb2, n);
 }
 
 void quantize_q80(int8_t *q, float *s, const float *x, size_t n, size_t gs) {
-    (kernels_isa.quantize_q80 ? kernels_isa.quantize_q80 : kernels_ref.quantize_q80)(q, s, x, n,
-                                                                                     gs);
+    ISA_OR_REF(quantize_q80)(q, s, x, n, gs);
 }
 
 void refine_q4a16(float *val, const unsigned char *nib, const BlockQ8 *scales, size_t groups,
                   const int16_t *xq, const float *xs) {
-    (kernels_isa.refine_q4a16 ? kernels_isa.refine_q4a16 : kernels_ref.refine_q4a16)(
-        val, nib, scales, groups, xq, xs);
+    ISA_OR_REF(refine_q4a16)(val, nib, scales, groups, xq, xs);
 }
 
 const char *kernels_name(void) { return kernels_isa.name; }
