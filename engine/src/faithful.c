@@ -67,17 +67,13 @@ static float float_up(double d) {
 static unsigned char *read_second_level(const Faithful *f, const Model *m) {
     if (f->fd < 0 || !m->classifier_refine || m->classifier_refine_block != f->refine_bytes)
         return NULL;
-    size_t want = f->tiles * f->refine_bytes, done = 0;
-    off_t at = (off_t)(m->classifier_refine - (const unsigned char *)m->map);
+    size_t want = f->tiles * f->refine_bytes;
     unsigned char *all = malloc(want);
-    while (all && done < want) {
-        ssize_t got = pread(f->fd, all + done, want - done, at + (off_t)done);
-        if (got > 0) done += (size_t)got;
-        else if (!(got < 0 && errno == EINTR)) {
-            free(all);
-            return NULL;
-        }
+    if (all && model_pread(m, all, want, m->classifier_refine) != 0) {
+        free(all);
+        return NULL;
     }
+    off_t at = (off_t)(m->classifier_refine - (const unsigned char *)m->map);
     if (all) posix_fadvise(f->fd, at, (off_t)want, POSIX_FADV_DONTNEED);
     return all;
 }
@@ -213,14 +209,8 @@ static const unsigned char *refine_block(Faithful *f, const Model *m, size_t t) 
     if (f->refine_all) return f->refine_all + t * f->refine_bytes;
     const unsigned char *mapped = m->classifier_refine + t * f->refine_bytes;
     if (f->fd < 0) return mapped;
-    off_t at = (off_t)(mapped - (const unsigned char *)m->map);
-    size_t done = 0;
-    while (done < f->refine_bytes) {
-        ssize_t got = pread(f->fd, f->refine_buf + done, f->refine_bytes - done,
-                            at + (off_t)done);
-        if (got > 0) done += (size_t)got;
-        else if (!(got < 0 && errno == EINTR)) return mapped; /* the same bytes */
-    }
+    if (model_pread(m, f->refine_buf, f->refine_bytes, mapped) != 0)
+        return mapped; /* the same bytes */
     return f->refine_buf;
 }
 
@@ -273,15 +263,10 @@ static const unsigned char *read_tiles(Faithful *f, const Model *m, const Tensor
         f->touched += count * f->tile_bytes;
         return mapped;
     }
-    size_t want = count * f->tile_bytes, done = 0;
-    off_t at = (off_t)(mapped - (const unsigned char *)m->map);
-    while (done < want) {
-        ssize_t got = pread(f->fd, f->buf + done, want - done, at + (off_t)done);
-        if (got > 0) done += (size_t)got;
-        else if (!(got < 0 && errno == EINTR)) {
-            f->touched += want;
-            return mapped; /* the mapping holds the same bytes */
-        }
+    size_t want = count * f->tile_bytes;
+    if (model_pread(m, f->buf, want, mapped) != 0) {
+        f->touched += want;
+        return mapped; /* the mapping holds the same bytes */
     }
     return f->buf;
 }

@@ -3,8 +3,11 @@
 #ifndef LLAMA2_MODEL_H
 #define LLAMA2_MODEL_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "tensor.h"
@@ -58,6 +61,23 @@ typedef struct {
     size_t map_size;
     int fd; /* the mapped file, still open while map is set (faithful.c reads with pread) */
 } Model;
+
+/* Reads the n bytes of the model's file that the mapping shows at `mapped` into buf with
+ * pread (pages it reads stay out of the resident set), retrying short and interrupted
+ * reads: 0, or -1 with errno set (0 when the file ended first). Inline: the loaders use it
+ * and depend on model_config.c only. */
+static inline int model_pread(const Model *m, void *buf, size_t n, const void *mapped) {
+    off_t at = (off_t)((const unsigned char *)mapped - (const unsigned char *)m->map);
+    for (size_t done = 0; done < n;) {
+        ssize_t got = pread(m->fd, (unsigned char *)buf + done, n - done, at + (off_t)done);
+        if (got > 0) done += (size_t)got;
+        else if (got == 0) {
+            errno = 0;
+            return -1;
+        } else if (errno != EINTR) return -1;
+    }
+    return 0;
+}
 
 /* Maps and validates `path`; on failure fills err with "PATH: problem" and returns -1. */
 int model_open(Model *m, const char *path, Error *err);

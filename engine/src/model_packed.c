@@ -238,16 +238,11 @@ static int check_f32_unmapped(const Model *m, const char *path, const char *name
     if (!buf) return fail(err, "%s: out of memory", path);
     int rc = 0;
     for (size_t done = 0; rc == 0 && done < n;) {
-        size_t want = n - done < CHECK_CHUNK ? n - done : CHECK_CHUNK, got = 0;
-        while (got < want * 4) {
-            ssize_t r = pread(m->fd, (char *)buf + got, want * 4 - got,
-                              at + (off_t)(done * 4 + got));
-            if (r <= 0) {
-                free(buf);
-                return fail(err, "%s: cannot read tensor %s: %s", path, name,
-                            r < 0 ? strerror(errno) : "file shrank while open");
-            }
-            got += (size_t)r;
+        size_t want = n - done < CHECK_CHUNK ? n - done : CHECK_CHUNK;
+        if (model_pread(m, buf, want * 4, t->p + done * 4) != 0) {
+            free(buf);
+            return fail(err, "%s: cannot read tensor %s: %s", path, name,
+                        errno ? strerror(errno) : "file shrank while open");
         }
         rc = model_check_f32(path, name, -1, "value", buf, want, err);
         if (rc) { /* the index in the message is the chunk's: name the tensor's */
@@ -265,6 +260,7 @@ static int check_f32_unmapped(const Model *m, const char *path, const char *name
     free(buf);
     return rc;
 }
+
 /* The second level's norms (section 11), finite and >= 0: read with pread, like the fp32
  * classifier, so that the mapping never maps them (faithful.c reads the second level with
  * pread too, right after: the page cache still holds it). */
@@ -272,21 +268,14 @@ static int check_refine_norms(const Model *m, const char *path, size_t section_i
                               Error *err) {
     const Tensor *t = &m->classifier_q8;
     const size_t block = m->classifier_refine_block, per_read = 64;
-    off_t at = (off_t)(m->classifier_refine - (const unsigned char *)m->map);
     unsigned char *buf = malloc(per_read * block);
     if (!buf) return fail(err, "%s: out of memory", path);
     for (size_t tile = 0; tile < t->tiles; tile += per_read) {
         size_t count = t->tiles - tile < per_read ? t->tiles - tile : per_read;
-        size_t want = count * block, got = 0;
-        off_t from = at + (off_t)(tile * block);
-        while (got < want) {
-            ssize_t r = pread(m->fd, buf + got, want - got, from + (off_t)got);
-            if (r <= 0) {
-                free(buf);
-                return fail(err, "%s: cannot read section %zu (classifier_q8): %s", path,
-                            section_index, r < 0 ? strerror(errno) : "file shrank while open");
-            }
-            got += (size_t)r;
+        if (model_pread(m, buf, count * block, m->classifier_refine + tile * block) != 0) {
+            free(buf);
+            return fail(err, "%s: cannot read section %zu (classifier_q8): %s", path,
+                        section_index, errno ? strerror(errno) : "file shrank while open");
         }
         for (size_t k = 0; k < count * 2 * PACK_ROWS; k++) {
             size_t tk = k / (2 * PACK_ROWS), j = k % (2 * PACK_ROWS);
