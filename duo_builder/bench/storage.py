@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from duo_builder.bench.riscv.cycles import SD_BYTES_PER_S
 from duo_builder.errors import BuildError, run
 from duo_builder.fsutil import atomic_writer
 from duo_builder.paths import BUILD, LLAMA_TOKENIZER, REPO
@@ -353,7 +354,7 @@ def _free_port() -> int:
 
 def table(reads: StorageReads, runs: list[Run]) -> str:
     last = runs[-1]
-    seq = reads.read_bytes_per_token / 22e6 * 1e3
+    seq = reads.read_bytes_per_token / SD_BYTES_PER_S * 1e3
     lines = [
         f"storage per token (positions {runs[0].steps}-{last.steps - 1}), guest MemTotal "
         f"{last.mem_total_kb / 1024:.1f} MiB:",
@@ -376,9 +377,8 @@ def main(
     kind: str = "faithful",
     out: Path = STORAGE_JSON,
 ) -> StorageReads:
-    from duo_builder.bench.contest import default_model
+    from duo_builder.bench.contest import converted, default_model
     from duo_builder.build import engine as eng
-    from duo_builder.model.convert import convert
 
     image, kernel = guest_files()
     fp32 = Path(model) if model else default_model()
@@ -389,9 +389,11 @@ def main(
     binary = eng.build(target)
     work = BUILD / "riscv-bench" / "storage"
     work.mkdir(parents=True, exist_ok=True)
-    faithful = work / f"{fp32.stem}-faithful.bin"
-    print(f"storage: converting {fp32.name} to the faithful format ...", flush=True)
-    convert(fp32, faithful, "faithful")
+    print(
+        f"storage: {fp32.name} in the faithful format (converted if missing or stale) ...",
+        flush=True,
+    )
+    faithful = converted(fp32, "faithful", work)
     runs = measure(image, kernel, faithful, tok, binary, work=work)
     source = (
         f"{faithful.name} ({faithful.stat().st_size / 2**20:.1f} MiB), {target} engine, "
